@@ -1,0 +1,1 @@
+"""The LlamaDeployment API: pydantic models that are the single source of the CRD."""

@@ -1,0 +1,423 @@
+"""The `LlamaDeployment` spec: the single source of the CRD schema.
+
+Field descriptions become `kubectl explain` text; `CEL_RULES` become the CRD's
+`x-kubernetes-validations`, so the apiserver refuses bad input before the operator sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+
+GROUP = "llamaops.io"
+VERSION = "v1alpha1"
+KIND = "LlamaDeployment"
+PLURAL = "llamadeployments"
+SINGULAR = "llamadeployment"
+SHORT_NAMES = ("llamad",)
+
+CatalogName = Literal[
+    "llama-3.1-8b",
+    "llama-3.1-70b",
+    "llama-3.1-405b",
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.2-11b-vision",
+    "llama-3.2-90b-vision",
+    "llama-3.3-70b",
+    "llama-4-scout",
+    "llama-4-maverick",
+]
+SafetensorsQuantization = Literal["none", "bf16", "fp16", "fp8", "int8", "int4", "awq", "gptq"]
+GGUFQuantization = Literal[
+    "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"
+]
+Quantization = Literal[
+    "none", "bf16", "fp16", "fp8", "int8", "int4", "awq", "gptq",
+    "f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k",
+]  # fmt: skip
+GGUF_ONLY_QUANTIZATIONS = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0",
+                           "q3_k_m", "q2_k")  # fmt: skip
+SAFETENSORS_ONLY_QUANTIZATIONS = ("none", "fp16", "fp8", "int8", "int4", "awq", "gptq")
+EngineName = Literal["auto", "vllm", "tgi", "llamacpp"]
+
+SOURCE_PATTERN = r"^(hf|pvc|s3|https)://[^\s]+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class CamelModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown keys refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule, enforced twice from one table: by the apiserver (CEL) and by `parse_spec`."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def as_cel(self) -> dict[str, str]:
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        return entry
+
+
+class RuledModel(CamelModel):
+    """A model whose class attribute `rules` lists its cross-field rules."""
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if cls.rules:
+            target["x-kubernetes-validations"] = [rule.as_cel() for rule in cls.rules]
+        return schema
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        broken = [rule for rule in self.rules if not rule.check(self)]
+        if broken:
+            raise ValueError("; ".join(rule.message for rule in broken))
+        return self
+
+
+class Architecture(RuledModel):
+    """Architecture facts of a model that is not in the catalog."""
+
+    rules = (
+        Rule(
+            "self.kvHeads <= self.attentionHeads",
+            "architecture.kvHeads must not exceed attentionHeads",
+            lambda a: a.kv_heads <= a.attention_heads,
+            ".kvHeads",
+        ),
+        Rule(
+            "self.attentionHeads % self.kvHeads == 0",
+            "architecture.attentionHeads must be a multiple of kvHeads (grouped-query attention)",
+            lambda a: a.attention_heads % a.kv_heads == 0,
+            ".kvHeads",
+        ),
+        Rule(
+            "!has(self.activeParametersBillions) || self.activeParametersBillions <= self.parametersBillions",
+            "architecture.activeParametersBillions must not exceed parametersBillions",
+            lambda a: a.active_parameters_billions is None or a.active_parameters_billions <= a.parameters_billions,
+            ".activeParametersBillions",
+        ),
+    )
+
+    layers: int = Field(ge=1, le=512, description="Number of transformer blocks (num_hidden_layers).")
+    hidden_size: int = Field(ge=64, le=65536, description="Model width (hidden_size).")
+    attention_heads: int = Field(ge=1, le=1024, description="Query heads (num_attention_heads).")
+    kv_heads: int = Field(
+        ge=1, le=1024, description="Key/value heads (num_key_value_heads); equals attentionHeads without GQA."
+    )
+    head_dim: int | None = Field(
+        default=None,
+        ge=16,
+        le=1024,
+        description="Per-head dimension; defaults to hiddenSize / attentionHeads.",
+    )
+    intermediate_size: int = Field(ge=64, le=262144, description="MLP width (intermediate_size).")
+    vocab_size: int = Field(ge=256, le=1048576, description="Vocabulary size.")
+    max_context_length: int = Field(ge=256, le=10485760, description="Longest context the model was trained for.")
+    parameters_billions: float = Field(
+        gt=0, le=10000, description="Total parameters in billions (all experts for MoE)."
+    )
+    active_parameters_billions: float | None = Field(
+        default=None,
+        gt=0,
+        le=10000,
+        description="Parameters used per token in billions (MoE); defaults to the total.",
+    )
+    experts: int = Field(default=1, ge=1, le=1024, description="Routed experts per MoE layer; 1 for dense models.")
+    tied_embeddings: bool = Field(default=False, description="Whether the output head shares the input embedding.")
+
+
+class Model(RuledModel):
+    """Which model to serve and in what form."""
+
+    rules = (
+        Rule(
+            "has(self.catalogName) != has(self.architecture)",
+            "set exactly one of model.catalogName (a known Llama model) or model.architecture (facts of another model)",
+            lambda m: (m.catalog_name is None) != (m.architecture is None),
+        ),
+        Rule(
+            "self.format == 'gguf' || !(self.quantization in ['f16', 'q8_0', 'q6_k', 'q5_k_m', 'q5_k_s', 'q5_0', 'q4_k_m', 'q4_k_s', 'q4_0', 'q3_k_m', 'q2_k'])",
+            "GGUF quantizations (f16, q8_0, q4_k_m, ...) need model.format: gguf",
+            lambda m: m.format == "gguf" or m.quantization not in GGUF_ONLY_QUANTIZATIONS,
+            ".quantization",
+        ),
+        Rule(
+            "self.format == 'safetensors' || !(self.quantization in ['none', 'fp16', 'fp8', 'int8', 'int4', 'awq', 'gptq'])",
+            "a GGUF model needs a GGUF quantization (f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, ...)",
+            lambda m: m.format == "safetensors" or m.quantization not in SAFETENSORS_ONLY_QUANTIZATIONS,
+            ".quantization",
+        ),
+        Rule(
+            "!has(self.architecture) || !has(self.contextLength) || "
+            "self.contextLength <= self.architecture.maxContextLength",
+            "model.contextLength exceeds architecture.maxContextLength",
+            lambda m: (
+                m.architecture is None
+                or m.context_length is None
+                or m.context_length <= m.architecture.max_context_length
+            ),
+            ".contextLength",
+        ),
+    )
+
+    catalog_name: CatalogName | None = Field(
+        default=None,
+        description="A model of the built-in catalog; the instruct and base variants share one entry.",
+    )
+    architecture: Architecture | None = Field(
+        default=None, description="Architecture facts of a model outside the catalog."
+    )
+    source: str = Field(
+        pattern=SOURCE_PATTERN,
+        max_length=2048,
+        description="Where the weights come from: hf://org/repo[/file.gguf], pvc://claim/path, s3://bucket/path or https://...",
+    )
+    format: Literal["safetensors", "gguf"] = Field(default="safetensors", description="Weight file format.")
+    quantization: Quantization = Field(
+        default="none",
+        description=(
+            "Weight precision. safetensors: none (native bf16), bf16, fp16, fp8, int8, int4/awq/gptq (4-bit); "
+            "gguf: f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q4_k_m, q4_k_s, q4_0, q3_k_m, q2_k."
+        ),
+    )
+    context_length: int | None = Field(
+        default=None,
+        ge=256,
+        le=10485760,
+        description="Tokens per sequence (prompt + output) the engine must hold. Defaults to min(8192, model maximum).",
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        default="auto",
+        description="KV cache precision: auto (the model dtype, 2 bytes) or fp8 (1 byte; vLLM only).",
+    )
+
+
+class EnvVar(CamelModel):
+    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", max_length=256, description="Variable name.")
+    value: str = Field(default="", max_length=32768, description="Variable value (use secrets for credentials).")
+
+
+class Engine(CamelModel):
+    """The inference server and how to run it."""
+
+    type: EngineName = Field(
+        default="auto",
+        description="auto picks llamacpp for GGUF or CPU-only models and vllm otherwise; tgi only when asked.",
+    )
+    image: str | None = Field(default=None, max_length=512, description="Override the engine's pinned default image.")
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=64, description="Arguments appended after the operator's own."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
+
+
+class Placement(RuledModel):
+    """Which GPUs a replica runs on; `auto` lets the sizing choose the cheapest plan that fits."""
+
+    rules = (
+        Rule(
+            "!self.cpuOnly || (self.gpuClass == 'auto' && self.gpuCount == 'auto')",
+            "placement.cpuOnly: true cannot be combined with a gpuClass or gpuCount",
+            lambda p: not p.cpu_only or (p.gpu_class == "auto" and p.gpu_count == "auto"),
+        ),
+        Rule(
+            "type(self.gpuCount) == string ? self.gpuCount == 'auto' : (self.gpuCount >= 1 && self.gpuCount <= 64)",
+            "placement.gpuCount must be 'auto' or an integer from 1 to 64",
+            lambda p: p.gpu_count == "auto" or (isinstance(p.gpu_count, int) and 1 <= p.gpu_count <= 64),
+            ".gpuCount",
+        ),
+    )
+
+    gpu_class: str = Field(
+        default="auto",
+        pattern=r"^(auto|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$",
+        max_length=63,
+        description="A GPU class name (gpu-24gb, gpu-48gb, h100-80gb, or one configured) or auto.",
+    )
+    gpu_count: int | Literal["auto"] = Field(
+        default="auto", description="GPUs per replica (tensor-parallel degree times nodes), or auto."
+    )
+    cpu_only: bool = Field(
+        default=False, description="Run on CPU nodes without GPUs (llama.cpp with a GGUF model only)."
+    )
+    max_nodes_per_replica: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Allow one replica to span this many nodes (vLLM only, as a LeaderWorkerSet).",
+    )
+
+
+class Serving(CamelModel):
+    max_concurrent_sequences: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Sequences served at once per replica; each gets a full contextLength of KV cache.",
+    )
+    tool_calling: bool = Field(default=False, description="Enable function calling with the model's tool parser.")
+    served_model_name: str | None = Field(
+        default=None, max_length=253, description="Name clients send as `model`; defaults to the object name."
+    )
+
+
+class ScalingPolicy(CamelModel):
+    stabilization_window_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Use the most conservative recommendation over this window."
+    )
+    max_step: int = Field(default=4, ge=1, le=100, description="At most this many replicas added or removed at once.")
+    cooldown_seconds: int = Field(default=0, ge=0, le=3600, description="Wait this long after a scaling step.")
+
+
+def _scale_down_default() -> ScalingPolicy:
+    return ScalingPolicy(stabilization_window_seconds=300, max_step=1, cooldown_seconds=60)
+
+
+class SecretKeyRef(CamelModel):
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Secret name.")
+    key: str = Field(default="token", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key in the Secret.")
+
+
+class Autoscaling(RuledModel):
+    """Scale on the engine's request queue, read from Prometheus."""
+
+    rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must not exceed maxReplicas",
+            lambda a: a.min_replicas <= a.max_replicas,
+            ".minReplicas",
+        ),
+    )
+
+    enabled: bool = Field(default=False, description="Let the operator set spec.replicas from queue metrics.")
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Lower bound of replicas.")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Upper bound of replicas.")
+    metric: Literal["queue", "inFlight"] = Field(
+        default="queue",
+        description=(
+            "queue: waiting requests (vllm:num_requests_waiting, tgi_queue_size, llamacpp:requests_deferred); "
+            "inFlight: running requests (vllm:num_requests_running, tgi_batch_current_size, "
+            "llamacpp:requests_processing)."
+        ),
+    )
+    target_per_replica: float | None = Field(
+        default=None, gt=0, le=100000, description="Target metric value per replica; defaults per engine."
+    )
+    query: str | None = Field(default=None, max_length=4096, description="Custom PromQL returning one number.")
+    prometheus_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", description="Overrides the operator-wide Prometheus URL."
+    )
+    prometheus_auth_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Bearer token for Prometheus, from a Secret in this namespace."
+    )
+    evaluation_interval_seconds: int = Field(default=15, ge=1, le=600, description="How often to evaluate.")
+    scale_up: ScalingPolicy = Field(default_factory=ScalingPolicy, description="Behaviour when adding replicas.")
+    scale_down: ScalingPolicy = Field(
+        default_factory=_scale_down_default, description="Behaviour when removing replicas."
+    )
+
+
+class Adapter(CamelModel):
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Adapter name clients send as `model`.")
+    source: str = Field(pattern=SOURCE_PATTERN, max_length=2048, description="Where the adapter comes from.")
+    version: str = Field(min_length=1, max_length=128, description="Version or digest; a change rolls the adapter.")
+    rank: int | None = Field(default=None, ge=1, le=512, description="LoRA rank, checked against the engine limit.")
+    base_model: str | None = Field(default=None, max_length=253, description="Guard: the base model it was trained on.")
+
+
+class LocalObjectReference(CamelModel):
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of an object in the same namespace."
+    )
+
+
+class Scheduling(CamelModel):
+    """Passed through to the pods as written."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels the pods require.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra tolerations (core/v1 Toleration)."
+    )
+    affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (core/v1 Affinity).")
+
+
+class LlamaDeploymentSpec(RuledModel):
+    """Desired state of a LlamaDeployment."""
+
+    rules = (
+        Rule(
+            "!(self.engine.type in ['vllm', 'tgi']) || self.model.format == 'safetensors'",
+            "vllm and tgi serve safetensors models; use engine.type: llamacpp (or auto) for GGUF",
+            lambda s: s.engine.type not in ("vllm", "tgi") or s.model.format == "safetensors",
+            ".engine.type",
+        ),
+        Rule(
+            "self.engine.type != 'llamacpp' || self.model.format == 'gguf'",
+            "llama.cpp serves GGUF files; set model.format: gguf with a GGUF quantization",
+            lambda s: s.engine.type != "llamacpp" or s.model.format == "gguf",
+            ".engine.type",
+        ),
+        Rule(
+            "!self.placement.cpuOnly || (self.model.format == 'gguf' && self.engine.type in ['auto', 'llamacpp'])",
+            "placement.cpuOnly needs a GGUF model served by llama.cpp",
+            lambda s: not s.placement.cpu_only or (s.model.format == "gguf" and s.engine.type in ("auto", "llamacpp")),
+            ".placement.cpuOnly",
+        ),
+        Rule(
+            "self.placement.maxNodesPerReplica == 1 || self.engine.type in ['auto', 'vllm']",
+            "only vLLM spans nodes; set placement.maxNodesPerReplica: 1 for tgi and llamacpp",
+            lambda s: s.placement.max_nodes_per_replica == 1 or s.engine.type in ("auto", "vllm"),
+            ".placement.maxNodesPerReplica",
+        ),
+        Rule(
+            "self.model.kvCacheDtype == 'auto' || "
+            "(self.engine.type in ['auto', 'vllm'] && self.model.format == 'safetensors')",
+            "model.kvCacheDtype: fp8 is rendered for vLLM only",
+            lambda s: (
+                s.model.kv_cache_dtype == "auto"
+                or (s.engine.type in ("auto", "vllm") and s.model.format == "safetensors")
+            ),
+            ".model.kvCacheDtype",
+        ),
+    )
+
+    model: Model = Field(description="The model to serve.")
+    engine: Engine = Field(default_factory=Engine, description="The inference engine.")
+    placement: Placement = Field(default_factory=Placement, description="GPU class and count.")
+    serving: Serving = Field(default_factory=Serving, description="Serving behaviour.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Replicas; the scale subresource and autoscaler set it."
+    )
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-based autoscaling.")
+    adapters: list[Adapter] = Field(
+        default_factory=list, max_length=32, description="LoRA adapters served beside the base model."
+    )
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Node selection passthrough.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets for pulling the engine image."
+    )
+    hub_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret holding the model hub token; mounted as an env var from the Secret, never rendered in args.",
+    )

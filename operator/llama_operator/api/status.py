@@ -1,0 +1,84 @@
+"""The `LlamaDeployment` status and the condition helpers that keep it stable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llama_operator.api.spec import CamelModel
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+
+# Condition types.
+READY = "Ready"
+FITS = "Fits"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+ADAPTER_ROLLOUT = "AdapterRollout"
+
+# Reasons (CamelCase constants; each message says what to do next).
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_DOES_NOT_FIT = "DoesNotFit"
+REASON_FITS = "PlanFound"
+REASON_ROLLING_OUT = "RollingOut"
+REASON_ROLLED_OUT = "RolledOut"
+REASON_AVAILABLE = "ReplicasAvailable"
+REASON_UNAVAILABLE = "ReplicasUnavailable"
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_CRASHING = "ContainerCrashing"
+REASON_HEALTHY = "Healthy"
+REASON_SCALED_TO_ZERO = "ScaledToZero"
+
+
+class Condition(CamelModel):
+    type: str = Field(description="Condition type: Ready, Fits, Progressing, Degraded, AdapterRollout.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason.")
+    message: str = Field(default="", description="What happened and what to do next.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int = Field(default=0, description="The spec generation this condition describes.")
+
+
+class PerGpuBytes(CamelModel):
+    weights: int = Field(description="Weight bytes per GPU (host bytes for CPU plans).")
+    kv_cache: int = Field(description="KV cache bytes per GPU for contextLength x maxConcurrentSequences tokens.")
+    overhead: int = Field(description="Engine overhead bytes per GPU: CUDA context, activations, graphs, LoRA, NCCL.")
+    total: int = Field(description="weights + kvCache + overhead.")
+
+
+class SizingStatus(CamelModel):
+    """The sizing decision and its arithmetic, as `llama-operator plan` prints it."""
+
+    fits: bool = Field(description="Whether a plan was found.")
+    engine: str = Field(description="The engine the plan is for.")
+    gpu_class: str | None = Field(default=None, description="The chosen GPU class; null for CPU-only plans.")
+    gpu_memory_bytes: int | None = Field(default=None, description="Memory of one GPU of that class.")
+    gpus_per_replica: int = Field(default=0, description="GPUs per replica (0 for CPU-only).")
+    tensor_parallel: int = Field(default=1, description="Tensor-parallel degree within a node.")
+    nodes_per_replica: int = Field(default=1, description="Nodes one replica spans (pipeline stages).")
+    per_gpu_bytes: PerGpuBytes | None = Field(
+        default=None, description="Memory per GPU (per replica host memory on CPU)."
+    )
+    context_length: int = Field(description="Tokens per sequence.")
+    max_concurrent_sequences: int = Field(description="Sequences per replica.")
+    engine_args: list[str] = Field(default_factory=list, description="Sizing flags rendered into the engine.")
+    reason: str = Field(description="Why this plan, or why none fits.")
+    alternatives: list[str] = Field(default_factory=list, description="Other plans, or changes that would fit.")
+    cost_per_replica: float | None = Field(default=None, description="Relative cost of one replica of the plan.")
+
+
+class LlamaDeploymentStatus(CamelModel):
+    observed_generation: int = Field(default=0, description="Last spec generation the operator acted on.")
+    phase: Phase = Field(default="Pending", description="Pending, Progressing, Ready, Degraded or Failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Fits, Progressing, Degraded.")
+    sizing: SizingStatus | None = Field(default=None, description="The sizing decision.")
+    engine: str | None = Field(default=None, description="Engine in use.")
+    gpus: str | None = Field(default=None, description="GPU class x count per replica, e.g. gpu-24gb x1, or cpu.")
+    replicas: int = Field(default=0, description="Replicas of the current Deployment (scale subresource).")
+    ready_replicas: int = Field(default=0, description="Replicas ready to serve.")
+    ready: str = Field(default="0/0", description="ready/desired replicas.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the OpenAI-compatible API.")
+    adapters: str | None = Field(default=None, description="Adapters served, as name@version.")

@@ -1,0 +1,1 @@
+"""Pure sizing: model facts, quantization, memory model, GPU classes and the fit decision."""

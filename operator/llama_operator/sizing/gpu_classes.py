@@ -1,0 +1,170 @@
+"""GPU classes: read from NVIDIA GPU Feature Discovery node labels, with configurable defaults and costs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+MIB = 1024**2
+GIB = 1024**3
+
+LABEL_PRODUCT = "nvidia.com/gpu.product"
+LABEL_MEMORY_MIB = "nvidia.com/gpu.memory"
+LABEL_COUNT = "nvidia.com/gpu.count"
+LABEL_CLASS = "llamaops.io/gpu-class"  # optional operator label; wins over the memory ranges
+GPU_RESOURCE = "nvidia.com/gpu"
+CPU_CLASS = "cpu"
+
+# Assumed when no cluster is given (`llama-operator plan` without --nodes).
+DEFAULT_GPUS_PER_NODE = 8
+UNKNOWN_NODE_COUNT = 0  # 0 = not known: do not limit nodes per replica by what exists
+
+
+@dataclass(frozen=True)
+class GpuClass:
+    """One kind of GPU node. Classes match nodes by `nvidia.com/gpu.memory` (MiB) ranges."""
+
+    name: str
+    min_memory_mib: int
+    max_memory_mib: int
+    memory_mib: int  # memory of one GPU: the smallest seen on a node of the class
+    cost_per_gpu: float  # relative cost of one GPU; a plan costs cost_per_gpu x GPUs
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE
+    nodes: int = UNKNOWN_NODE_COUNT
+    product: str | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * MIB
+
+    def matches(self, memory_mib: int) -> bool:
+        return self.min_memory_mib <= memory_mib <= self.max_memory_mib
+
+
+@dataclass(frozen=True)
+class CpuClass:
+    """Nodes without GPUs, for llama.cpp on CPU. A replica must fit one node's allocatable memory."""
+
+    memory_bytes: int
+    cost_per_replica: float
+    nodes: int = UNKNOWN_NODE_COUNT
+    name: str = CPU_CLASS
+
+
+# Relative costs follow the usual on-demand price ratio of one L4 : L40S : H100 GPU-hour.
+DEFAULT_GPU_CLASSES = (
+    GpuClass("gpu-24gb", 20_000, 30_000, 23_034, 1.0, product="NVIDIA-L4"),
+    GpuClass("gpu-48gb", 40_000, 50_000, 46_068, 2.2, product="NVIDIA-L40S"),
+    GpuClass("h100-80gb", 78_000, 100_000, 81_559, 6.0, product="NVIDIA-H100-80GB-HBM3"),
+)
+DEFAULT_CPU_CLASS = CpuClass(memory_bytes=16 * GIB, cost_per_replica=0.25)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a replica can be placed on."""
+
+    gpu_classes: tuple[GpuClass, ...]
+    cpu: CpuClass | None
+
+    def gpu_class(self, name: str) -> GpuClass | None:
+        return next((c for c in self.gpu_classes if c.name == name), None)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.gpu_classes] + ([self.cpu.name] if self.cpu else [])
+
+
+DEFAULT_INVENTORY = Inventory(DEFAULT_GPU_CLASSES, DEFAULT_CPU_CLASS)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """The parts of a Node that sizing reads."""
+
+    name: str
+    labels: Mapping[str, str]
+    allocatable_gpus: int
+    allocatable_memory_bytes: int
+
+
+def _quantity_bytes(text: str) -> int:
+    suffixes = {"Ki": 1024, "Mi": MIB, "Gi": GIB, "Ti": 1024**4, "k": 1000, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, factor in suffixes.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
+def node_facts_from_manifest(node: Mapping[str, object]) -> NodeFacts:
+    """Read a Node manifest (dict as the API returns it)."""
+    metadata = node.get("metadata") or {}
+    status = node.get("status") or {}
+    assert isinstance(metadata, Mapping)
+    assert isinstance(status, Mapping)
+    allocatable = status.get("allocatable") or status.get("capacity") or {}
+    assert isinstance(allocatable, Mapping)
+    labels = metadata.get("labels") or {}
+    assert isinstance(labels, Mapping)
+    return NodeFacts(
+        name=str(metadata.get("name", "")),
+        labels={str(k): str(v) for k, v in labels.items()},
+        allocatable_gpus=int(str(allocatable.get(GPU_RESOURCE, "0"))),
+        allocatable_memory_bytes=_quantity_bytes(str(allocatable.get("memory", "0"))),
+    )
+
+
+def classify_node(node: NodeFacts, classes: Iterable[GpuClass]) -> str | None:
+    """The class name of a node: its operator label, else the class whose memory range holds it."""
+    if node.allocatable_gpus <= 0:
+        return CPU_CLASS
+    if LABEL_CLASS in node.labels:
+        return node.labels[LABEL_CLASS]
+    memory = node.labels.get(LABEL_MEMORY_MIB, "")
+    if not memory.isdigit():
+        return None
+    return next((c.name for c in classes if c.matches(int(memory))), None)
+
+
+def inventory_from_nodes(
+    nodes: Iterable[NodeFacts],
+    classes: Iterable[GpuClass] = DEFAULT_GPU_CLASSES,
+    cpu_cost_per_replica: float = DEFAULT_CPU_CLASS.cost_per_replica,
+) -> Inventory:
+    """Classes present in a cluster: GPUs per node is the largest node, memory the smallest GPU."""
+    class_list = list(classes)
+    found: dict[str, GpuClass] = {}
+    cpu_memory: list[int] = []
+    for node in nodes:
+        name = classify_node(node, class_list)
+        if name == CPU_CLASS:
+            cpu_memory.append(node.allocatable_memory_bytes)
+            continue
+        base = next((c for c in class_list if c.name == name), None)
+        if base is None:
+            continue
+        memory_label = node.labels.get(LABEL_MEMORY_MIB, "")
+        memory_mib = int(memory_label) if memory_label.isdigit() else base.memory_mib
+        seen = found.get(base.name)
+        if seen is None:
+            found[base.name] = replace(
+                base,
+                memory_mib=memory_mib,
+                gpus_per_node=node.allocatable_gpus,
+                nodes=1,
+                product=node.labels.get(LABEL_PRODUCT, base.product),
+            )
+        else:
+            found[base.name] = replace(
+                seen,
+                memory_mib=min(seen.memory_mib, memory_mib),
+                gpus_per_node=max(seen.gpus_per_node, node.allocatable_gpus),
+                nodes=seen.nodes + 1,
+            )
+    ordered = tuple(found[c.name] for c in class_list if c.name in found)
+    cpu = (
+        CpuClass(memory_bytes=max(cpu_memory), cost_per_replica=cpu_cost_per_replica, nodes=len(cpu_memory))
+        if cpu_memory
+        else None
+    )
+    return Inventory(ordered, cpu)
