@@ -59,6 +59,7 @@ class SizingDecision:
     engine_args: tuple[str, ...]
     reason: str
     alternatives: tuple[str, ...]
+    closest: Candidate | None = None  # for a refusal: the largest placement tried
 
     @property
     def fits(self) -> bool:
@@ -155,18 +156,21 @@ def _what_would_fit(request: SizingRequest, inventory: Inventory) -> list[str]:
     return suggestions
 
 
-def _refusal_reason(request: SizingRequest, inventory: Inventory, tried: list[Candidate]) -> str:
+def _largest(tried: list[Candidate]) -> Candidate | None:
+    return max(tried, key=lambda c: (c.memory.budget * max(c.shape.gpus, 1), -c.cost), default=None)
+
+
+def _refusal_reason(request: SizingRequest, inventory: Inventory, largest: Candidate | None) -> str:
     work = request.work
     what = (
         f"{work.model.name} {work.quantization} with {work.context_length} tokens x "
         f"{work.max_sequences} sequences on {request.engine}"
     )
-    if not tried:
+    if largest is None:
         if request.cpu_only:
             return f"{what}: no CPU nodes to place it on"
         known = ", ".join(c.name for c in inventory.gpu_classes) or "none"
         return f"{what}: no GPU class matches gpuClass={request.gpu_class} gpuCount={request.gpu_count or 'auto'} (classes: {known})"
-    largest = max(tried, key=lambda c: c.memory.budget * c.shape.gpus)
     return (
         f"{what} does not fit: the largest placement, {largest.label}, needs "
         f"{largest.memory.total / GIB:.1f} GiB of {largest.memory.budget / GIB:.1f} GiB "
@@ -181,12 +185,14 @@ def decide(request: SizingRequest, inventory: Inventory) -> SizingDecision:
     tried = candidates(request, inventory)
     fitting = [c for c in tried if c.memory.fits]
     if not fitting:
+        largest = _largest(tried)
         return SizingDecision(
             request=request,
             chosen=None,
             engine_args=(),
-            reason=_refusal_reason(request, inventory, tried),
+            reason=_refusal_reason(request, inventory, largest),
             alternatives=tuple(_what_would_fit(request, inventory)),
+            closest=largest,
         )
     chosen = fitting[0]
     reason = f"cheapest fitting plan: {chosen.describe()}"

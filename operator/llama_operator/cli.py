@@ -1,0 +1,90 @@
+"""`llama-operator run | plan | crds`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llama_operator.operator_config import load_config
+from llama_operator.plan_output import (
+    InvalidSpecError,
+    PlanInputError,
+    format_results,
+    inventory_from_node_documents,
+    load_documents,
+    plan_manifest,
+)
+
+EXIT_INVALID = 2
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        docs = load_documents(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
+        inventory = (
+            inventory_from_node_documents(load_documents(Path(args.nodes).read_text()), config)
+            if args.nodes
+            else config.default_inventory()
+        )
+        if not docs:
+            raise PlanInputError(f"{args.file} holds no manifests")
+        results = [plan_manifest(doc, inventory, config) for doc in docs]
+    except (InvalidSpecError, PlanInputError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    print(format_results(results, args.output))
+    return 0 if all(r.output["sizing"]["fits"] for r in results) else 1
+
+
+def _cmd_crds(_: argparse.Namespace) -> int:
+    from llama_operator.api.crd import crd_yaml  # noqa: PLC0415 - only this command needs the generator
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from llama_operator.operator_main import run_operator  # noqa: PLC0415 - keeps `plan` free of kopf imports
+
+    return run_operator(
+        config_path=args.config,
+        namespaces=args.namespace,
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        verbose=args.verbose,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama-operator", description=__doc__)
+    parser.add_argument("--config", type=Path, help="operator settings YAML (GPU classes, costs, images)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    plan = commands.add_parser("plan", help="print the sizing decision and rendered children; no cluster needed")
+    plan.add_argument("-f", "--file", required=True, help="LlamaDeployment manifest(s), or - for stdin")
+    plan.add_argument("--nodes", help="Node objects (kubectl get nodes -o yaml); default: the default classes")
+    plan.add_argument("-o", "--output", choices=("json", "yaml", "table"), default="table")
+    plan.set_defaults(func=_cmd_plan)
+
+    crds = commands.add_parser("crds", help="print the generated CRD YAML")
+    crds.set_defaults(func=_cmd_crds)
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
+    run.add_argument("-n", "--namespace", action="append", default=[], help="watch only these namespaces")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
+    run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What every engine builder receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.sizing.fit import SizingDecision
+
+Manifest = dict[str, Any]
+
+MODEL_MOUNT = "/models"
+ADAPTER_MOUNT = "/adapters"
+HTTP_PORT_NAME = "http"
+
+
+@dataclass(frozen=True)
+class EngineImages:
+    """Default images, pinned; the chart's values and spec.engine.image override them."""
+
+    vllm: str = "vllm/vllm-openai:v0.11.0"
+    tgi: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+    llamacpp_cpu: str = "ghcr.io/ggml-org/llama.cpp:server-b6900"
+    llamacpp_cuda: str = "ghcr.io/ggml-org/llama.cpp:server-cuda-b6900"
+    downloader: str = "curlimages/curl:8.16.0"
+    s3_downloader: str = "amazon/aws-cli:2.31.0"
+
+
+@dataclass(frozen=True)
+class EngineInput:
+    """A fitting plan for one LlamaDeployment, ready to render."""
+
+    name: str
+    spec: LlamaDeploymentSpec
+    decision: SizingDecision
+    images: EngineImages = field(default_factory=EngineImages)
+
+    @property
+    def served_model_name(self) -> str:
+        return self.spec.serving.served_model_name or self.name
+
+    @property
+    def gpus_per_pod(self) -> int:
+        chosen = self.decision.chosen
+        return chosen.shape.gpus_per_node if chosen else 0
+
+    @property
+    def nodes(self) -> int:
+        chosen = self.decision.chosen
+        return chosen.shape.nodes if chosen else 1
+
+
+@dataclass(frozen=True)
+class EngineContainer:
+    """An engine's part of the pod: its container and the facts the rest of the rendering needs."""
+
+    container: Manifest
+    port: int
+    metrics_port: int
+    metrics_path: str
+    queue_metric: str
+    running_metric: str
+    volumes: list[Manifest] = field(default_factory=list)
+    init_containers: list[Manifest] = field(default_factory=list)

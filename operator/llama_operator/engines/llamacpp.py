@@ -1,0 +1,68 @@
+"""llama.cpp's `llama-server` (GGUF, CPU or CUDA; adapters at start-up, scales at run time)."""
+
+from __future__ import annotations
+
+from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
+from llama_operator.engines.pod import (
+    adapter_path,
+    drain_lifecycle,
+    env_list,
+    model_init_containers,
+    model_path,
+    model_volumes,
+    probes,
+    resources,
+    volume_mounts,
+)
+
+PORT = 8080
+QUEUE_METRIC = "llamacpp:requests_deferred"
+RUNNING_METRIC = "llamacpp:requests_processing"
+SERVER_BINARY = "/app/llama-server"
+
+
+def image(inp: EngineInput) -> str:
+    if inp.spec.engine.image:
+        return inp.spec.engine.image
+    return inp.images.llamacpp_cuda if inp.gpus_per_pod else inp.images.llamacpp_cpu
+
+
+def server_args(inp: EngineInput) -> list[str]:
+    args = [
+        "--model", model_path(inp),
+        "--alias", inp.served_model_name,
+        "--host", "0.0.0.0",  # noqa: S104 - the pod's own address; the Service fronts it
+        "--port", str(PORT),
+        "--metrics",
+        *inp.decision.engine_args,
+    ]  # fmt: skip
+    for adapter in inp.spec.adapters:
+        args += ["--lora", adapter_path(inp, adapter.name, adapter.version)]
+    if inp.spec.serving.tool_calling:
+        args.append("--jinja")
+    return args + list(inp.spec.engine.extra_args)
+
+
+def render_llamacpp_container(inp: EngineInput) -> EngineContainer:
+    container = {
+        "name": "engine",
+        "image": image(inp),
+        "command": [SERVER_BINARY],
+        "args": server_args(inp),
+        "env": env_list(inp, {}),
+        "ports": [{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+        "resources": resources(inp),
+        "volumeMounts": volume_mounts(inp),
+        "lifecycle": drain_lifecycle(),
+        **probes(),
+    }
+    return EngineContainer(
+        container=container,
+        port=PORT,
+        metrics_port=PORT,
+        metrics_path="/metrics",
+        queue_metric=QUEUE_METRIC,
+        running_metric=RUNNING_METRIC,
+        volumes=model_volumes(inp),
+        init_containers=model_init_containers(inp, image(inp)),
+    )

@@ -1,0 +1,120 @@
+"""`llama-operator plan`: size and render LlamaDeployment manifests without a cluster."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from llama_operator.api.parse import InvalidSpecError, parse_spec
+from llama_operator.api.spec import GROUP, KIND
+from llama_operator.operator_config import OperatorConfig
+from llama_operator.planning import placement_summary, plan, sizing_status
+from llama_operator.render import RenderOptions, render
+from llama_operator.sizing.gpu_classes import GIB, Inventory, inventory_from_nodes, node_facts_from_manifest
+
+Manifest = dict[str, Any]
+
+
+class PlanInputError(ValueError):
+    """The input file is not a LlamaDeployment manifest; the message says what was found."""
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    name: str
+    namespace: str
+    output: Manifest  # {"sizing": {...}, "children": [...]}
+    placement: str
+
+
+def load_documents(text: str) -> list[Manifest]:
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    items: list[Manifest] = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise PlanInputError(f"expected a YAML mapping, found {type(doc).__name__}")
+        items.extend(doc.get("items", []) if str(doc.get("kind", "")).endswith("List") else [doc])
+    return items
+
+
+def inventory_from_node_documents(docs: Iterable[Manifest], config: OperatorConfig) -> Inventory:
+    nodes = [node_facts_from_manifest(d) for d in docs if d.get("kind") == "Node"]
+    if not nodes:
+        raise PlanInputError("the --nodes file holds no Node objects (use `kubectl get nodes -o yaml`)")
+    return inventory_from_nodes(nodes, config.class_list(), config.cpu_cost_per_replica)
+
+
+def plan_manifest(manifest: Mapping[str, Any], inventory: Inventory, config: OperatorConfig) -> PlanResult:
+    api_version = str(manifest.get("apiVersion", ""))
+    if manifest.get("kind") != KIND or not api_version.startswith(f"{GROUP}/"):
+        raise PlanInputError(
+            f"expected kind {KIND} ({GROUP}/v1alpha1), found {manifest.get('kind')} ({api_version or 'no apiVersion'})"
+        )
+    metadata = manifest.get("metadata") or {}
+    name = str(metadata.get("name") or "")
+    if not name:
+        raise PlanInputError("metadata.name is required")
+    namespace = str(metadata.get("namespace") or "default")
+    spec = parse_spec(manifest.get("spec") or {})
+    decision = plan(spec, name, inventory)
+    children = (
+        render(name, namespace, spec, decision, options=RenderOptions(images=config.engine_images()))
+        if decision.fits
+        else []
+    )
+    sizing = sizing_status(decision).model_dump(by_alias=True, mode="json")
+    if decision.chosen or decision.closest:
+        shown = decision.chosen or decision.closest
+        assert shown is not None
+        sizing["budgetBytes"] = shown.memory.budget
+        sizing["overheadParts"] = dict(sorted(shown.memory.overhead_parts.items()))
+    return PlanResult(name, namespace, {"sizing": sizing, "children": children}, placement_summary(decision))
+
+
+def _gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / GIB:.1f}"
+
+
+def format_table(results: list[PlanResult]) -> str:
+    header = ("NAME", "ENGINE", "FITS", "PLACEMENT", "WEIGHTS", "KV", "OVERHEAD", "TOTAL/BUDGET GiB")
+    rows = [header]
+    notes: list[str] = []
+    for r in results:
+        s = r.output["sizing"]
+        per = s.get("perGpuBytes") or {}
+        budget = s.get("budgetBytes")
+        rows.append(
+            (
+                r.name,
+                s["engine"],
+                "yes" if s["fits"] else "NO",
+                r.placement,
+                _gib(per.get("weights")),
+                _gib(per.get("kvCache")),
+                _gib(per.get("overhead")),
+                f"{_gib(per.get('total'))}/{_gib(budget)}",
+            )
+        )
+        notes.append(f"{r.name}: {s['reason']}")
+        notes.extend(f"  - {a}" for a in s["alternatives"])
+        if s["engineArgs"]:
+            notes.append("  args: " + " ".join(s["engineArgs"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join([*lines, "", *notes])
+
+
+def format_results(results: list[PlanResult], output: str) -> str:
+    if output == "table":
+        return format_table(results)
+    payload: Any = results[0].output if len(results) == 1 else [r.output for r in results]
+    if output == "yaml":
+        return yaml.safe_dump(payload, sort_keys=False)
+    return json.dumps(payload, indent=2)
+
+
+__all__ = ["InvalidSpecError", "PlanInputError", "PlanResult", "format_results", "load_documents", "plan_manifest"]

@@ -1,0 +1,132 @@
+"""From a parsed spec to a sizing decision, and from the decision to `status.sizing`."""
+
+from __future__ import annotations
+
+from llama_operator.api.parse import InvalidSpecError
+from llama_operator.api.spec import Architecture, LlamaDeploymentSpec
+from llama_operator.api.status import PerGpuBytes, SizingStatus
+from llama_operator.sizing.catalog import CATALOG, ModelFacts
+from llama_operator.sizing.fit import SizingDecision, SizingRequest, decide
+from llama_operator.sizing.gpu_classes import Inventory
+from llama_operator.sizing.memory import DEFAULT_LORA_RANK, ServingEngine, Workload
+
+DEFAULT_CONTEXT_LENGTH = 8192
+BILLION = 1_000_000_000
+
+
+def facts_from_architecture(name: str, arch: Architecture) -> ModelFacts:
+    total = round(arch.parameters_billions * BILLION)
+    active = round((arch.active_parameters_billions or arch.parameters_billions) * BILLION)
+    return ModelFacts(
+        name=name,
+        layers=arch.layers,
+        hidden_size=arch.hidden_size,
+        attention_heads=arch.attention_heads,
+        kv_heads=arch.kv_heads,
+        head_dim=arch.head_dim or arch.hidden_size // arch.attention_heads,
+        intermediate_size=arch.intermediate_size,
+        vocab_size=arch.vocab_size,
+        max_context_length=arch.max_context_length,
+        total_parameters=total,
+        active_parameters=active,
+        experts=arch.experts,
+        tied_embeddings=arch.tied_embeddings,
+    )
+
+
+def model_facts(spec: LlamaDeploymentSpec, name: str) -> ModelFacts:
+    if spec.model.catalog_name is not None:
+        return CATALOG[spec.model.catalog_name]
+    if spec.model.architecture is None:  # the spec's own rule refuses this; keep the type checker honest
+        raise InvalidSpecError("set model.catalogName or model.architecture")
+    return facts_from_architecture(name, spec.model.architecture)
+
+
+def resolve_engine(spec: LlamaDeploymentSpec) -> ServingEngine:
+    """auto: llama.cpp for GGUF (and so for CPU-only), vLLM otherwise."""
+    if spec.engine.type != "auto":
+        return spec.engine.type
+    return "llamacpp" if spec.model.format == "gguf" or spec.placement.cpu_only else "vllm"
+
+
+def context_length(spec: LlamaDeploymentSpec, facts: ModelFacts) -> int:
+    if spec.model.context_length is None:
+        return min(DEFAULT_CONTEXT_LENGTH, facts.max_context_length)
+    if spec.model.context_length > facts.max_context_length:
+        raise InvalidSpecError(
+            f"spec.model.contextLength {spec.model.context_length} exceeds {facts.name}'s maximum of "
+            f"{facts.max_context_length} tokens; lower it"
+        )
+    return spec.model.context_length
+
+
+def sizing_request(spec: LlamaDeploymentSpec, name: str) -> SizingRequest:
+    facts = model_facts(spec, name)
+    ranks = [a.rank for a in spec.adapters if a.rank is not None]
+    work = Workload(
+        model=facts,
+        quantization=spec.model.quantization,
+        context_length=context_length(spec, facts),
+        max_sequences=spec.serving.max_concurrent_sequences,
+        kv_dtype_bytes=1 if spec.model.kv_cache_dtype == "fp8" else 2,
+        adapters=len(spec.adapters),
+        max_adapter_rank=max(ranks, default=DEFAULT_LORA_RANK),
+    )
+    gpu_count = spec.placement.gpu_count
+    return SizingRequest(
+        work=work,
+        engine=resolve_engine(spec),
+        gpu_class=spec.placement.gpu_class,
+        gpu_count=None if gpu_count == "auto" else gpu_count,
+        cpu_only=spec.placement.cpu_only,
+        max_nodes=spec.placement.max_nodes_per_replica,
+        gguf=spec.model.format == "gguf",
+    )
+
+
+def plan(spec: LlamaDeploymentSpec, name: str, inventory: Inventory) -> SizingDecision:
+    """The sizing decision for one LlamaDeployment; raises InvalidSpecError for specs no cluster can fix."""
+    return decide(sizing_request(spec, name), inventory)
+
+
+def sizing_status(decision: SizingDecision) -> SizingStatus:
+    chosen = decision.chosen
+    work = decision.request.work
+    shown = chosen or decision.closest  # a refusal shows the arithmetic of the largest placement tried
+    per_gpu = (
+        PerGpuBytes(
+            weights=shown.memory.weights,
+            kv_cache=shown.memory.kv_cache,
+            overhead=shown.memory.overhead,
+            total=shown.memory.total,
+        )
+        if shown is not None
+        else None
+    )
+    return SizingStatus(
+        fits=chosen is not None,
+        engine=decision.request.engine,
+        gpu_class=chosen.gpu_class.name if chosen and chosen.gpu_class else None,
+        gpu_memory_bytes=chosen.gpu_class.memory_bytes if chosen and chosen.gpu_class else None,
+        gpus_per_replica=chosen.shape.gpus if chosen else 0,
+        tensor_parallel=chosen.shape.gpus_per_node if chosen and chosen.shape.gpus else 1,
+        nodes_per_replica=chosen.shape.nodes if chosen else 1,
+        per_gpu_bytes=per_gpu,
+        context_length=work.context_length,
+        max_concurrent_sequences=work.max_sequences,
+        engine_args=list(decision.engine_args),
+        reason=decision.reason,
+        alternatives=list(decision.alternatives),
+        cost_per_replica=chosen.cost if chosen else None,
+    )
+
+
+def placement_summary(decision: SizingDecision) -> str:
+    """`gpu-24gb x1`, `h100-80gb x16 (2 nodes)` or `cpu`: the printer column."""
+    chosen = decision.chosen
+    if chosen is None:
+        return "none"
+    if chosen.gpu_class is None:
+        return "cpu"
+    nodes = f" ({chosen.shape.nodes} nodes)" if chosen.shape.nodes > 1 else ""
+    return f"{chosen.gpu_class.name} x{chosen.shape.gpus}{nodes}"

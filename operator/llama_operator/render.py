@@ -1,0 +1,280 @@
+"""LlamaDeployment + sizing decision -> the child manifests, as plain dicts. Pure and deterministic."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_operator.api.spec import GROUP, KIND, VERSION, LlamaDeploymentSpec
+from llama_operator.engines import render_engine_container
+from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineImages, EngineInput, Manifest
+from llama_operator.engines.pod import TERMINATION_GRACE_SECONDS
+from llama_operator.sizing.fit import SizingDecision
+from llama_operator.sizing.gpu_classes import GPU_RESOURCE, LABEL_CLASS, LABEL_MEMORY_MIB
+
+MANAGED_BY = "llama-operator"
+LABEL_DEPLOYMENT = "llamaops.io/deployment"
+LABEL_ENGINE = "llamaops.io/engine"
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+RAY_PORT = 6379
+SERVICE_PORT = 80
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The LlamaDeployment that owns the children (controller reference; garbage collection deletes them)."""
+
+    name: str
+    uid: str
+
+    def reference(self) -> Manifest:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    images: EngineImages = field(default_factory=EngineImages)
+    service_monitor: bool = False  # only when the Prometheus Operator CRDs exist
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: name}
+
+
+def common_labels(name: str, engine: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/component": "inference-server",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": engine,
+        LABEL_DEPLOYMENT: name,
+        LABEL_ENGINE: engine,
+    }
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str], owner: Owner | None) -> Manifest:
+    meta: Manifest = {"name": name, "namespace": namespace, "labels": dict(sorted(labels.items()))}
+    if owner is not None:
+        meta["ownerReferences"] = [owner.reference()]
+    return meta
+
+
+def _class_affinity(decision: SizingDecision) -> list[Manifest]:
+    """Node selector terms (ORed) that select the chosen class: by the operator label or the memory range."""
+    chosen = decision.chosen
+    if chosen is None:
+        return []
+    if chosen.gpu_class is None:
+        return [{"matchExpressions": [{"key": LABEL_MEMORY_MIB, "operator": "DoesNotExist"}]}]
+    gpu_class = chosen.gpu_class
+    return [
+        {"matchExpressions": [{"key": LABEL_CLASS, "operator": "In", "values": [gpu_class.name]}]},
+        {
+            "matchExpressions": [
+                {"key": LABEL_CLASS, "operator": "DoesNotExist"},
+                {"key": LABEL_MEMORY_MIB, "operator": "Gt", "values": [str(gpu_class.min_memory_mib - 1)]},
+                {"key": LABEL_MEMORY_MIB, "operator": "Lt", "values": [str(gpu_class.max_memory_mib + 1)]},
+            ]
+        },
+    ]
+
+
+def merge_affinity(ours: list[Manifest], theirs: dict[str, Any]) -> Manifest:
+    """AND our class terms with the user's required node terms; keep everything else of theirs."""
+    affinity = copy.deepcopy(theirs)
+    node = affinity.setdefault("nodeAffinity", {})
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    their_terms: list[Manifest] = required.get("nodeSelectorTerms", [])
+    if their_terms:
+        combined = [
+            {"matchExpressions": [*o.get("matchExpressions", []), *t.get("matchExpressions", [])]}
+            for o in ours
+            for t in their_terms
+        ]
+    else:
+        combined = ours
+    if combined:
+        node["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": combined}
+    if not node:
+        del affinity["nodeAffinity"]
+    return affinity
+
+
+def _tolerations(spec: LlamaDeploymentSpec, gpus: int) -> list[Manifest]:
+    ours = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}] if gpus else []
+    return ours + [dict(t) for t in spec.scheduling.tolerations]
+
+
+def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) -> Manifest:
+    spec = inp.spec
+    pod: Manifest = {
+        "containers": [container],
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "volumes": engine.volumes,
+    }
+    if engine.init_containers:
+        pod["initContainers"] = engine.init_containers
+    affinity = merge_affinity(_class_affinity(inp.decision), spec.scheduling.affinity)
+    if affinity:
+        pod["affinity"] = affinity
+    if spec.scheduling.node_selector:
+        pod["nodeSelector"] = dict(sorted(spec.scheduling.node_selector.items()))
+    tolerations = _tolerations(spec, inp.gpus_per_pod)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return pod
+
+
+def _pod_template(inp: EngineInput, engine: EngineContainer, container: Manifest, labels: dict[str, str]) -> Manifest:
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(engine.metrics_port),
+        "prometheus.io/path": engine.metrics_path,
+    }
+    return {
+        "metadata": {"labels": dict(sorted(labels.items())), "annotations": annotations},
+        "spec": _pod_spec(inp, engine, container),
+    }
+
+
+def render_deployment(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(inp.name, namespace, labels, owner),
+        "spec": {
+            "replicas": inp.spec.replicas,
+            "selector": {"matchLabels": selector_labels(inp.name)},
+            # A new pod must be Ready before an old one goes: capacity never dips during a rollout.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": 3600,
+            "revisionHistoryLimit": 5,
+            "template": _pod_template(inp, engine, engine.container, labels),
+        },
+    }
+
+
+def _ray_leader(container: Manifest) -> Manifest:
+    serve = shlex.join([*container["command"], *container["args"]])
+    leader = {k: v for k, v in container.items() if k not in ("command", "args")}
+    leader["command"] = ["/bin/sh", "-c", f"ray start --head --port={RAY_PORT} && exec {serve}"]
+    leader["ports"] = [*container["ports"], {"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"}]
+    return leader
+
+
+def _ray_worker(container: Manifest) -> Manifest:
+    worker = {k: v for k, v in container.items() if k not in ("command", "args") and not k.endswith("Probe")}
+    worker["command"] = ["/bin/sh", "-c", f"exec ray start --address=$(LWS_LEADER_ADDRESS):{RAY_PORT} --block"]
+    return worker
+
+
+def render_leader_worker_set(
+    inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None
+) -> Manifest:
+    """One replica spans several nodes: a Ray head with `vllm serve` on the leader, Ray workers beside it."""
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    return {
+        "apiVersion": LWS_API,
+        "kind": "LeaderWorkerSet",
+        "metadata": _metadata(inp.name, namespace, labels, owner),
+        "spec": {
+            "replicas": inp.spec.replicas,
+            "startupPolicy": "LeaderReady",
+            "rolloutStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdateConfiguration": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "leaderWorkerTemplate": {
+                "size": inp.nodes,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": _pod_template(inp, engine, _ray_leader(engine.container), labels),
+                "workerTemplate": _pod_template(inp, engine, _ray_worker(engine.container), labels),
+            },
+        },
+    }
+
+
+def render_service(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    selector = selector_labels(inp.name)
+    if inp.nodes > 1:
+        selector[LWS_WORKER_INDEX] = "0"  # only leaders serve the API
+    ports = [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inp.name, namespace, labels, owner),
+        "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
+    }
+
+
+def render_pdb(inp: EngineInput, namespace: str, owner: Owner | None) -> Manifest:
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(inp.name, namespace, labels, owner),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(inp.name)},
+            # A crash-looping pod must not block node drains.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def render_service_monitor(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(inp.name, namespace, labels, owner),
+        "spec": {
+            "selector": {"matchLabels": {**selector_labels(inp.name), "app.kubernetes.io/managed-by": MANAGED_BY}},
+            "endpoints": [{"port": HTTP_PORT_NAME, "path": engine.metrics_path, "interval": "15s"}],
+        },
+    }
+
+
+def service_endpoint(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local/v1"
+
+
+def render(
+    name: str,
+    namespace: str,
+    spec: LlamaDeploymentSpec,
+    decision: SizingDecision,
+    *,
+    options: RenderOptions | None = None,
+    owner: Owner | None = None,
+) -> list[Manifest]:
+    """The children of one LlamaDeployment whose sizing fits. Same input, same output, byte for byte."""
+    if decision.chosen is None:
+        raise ValueError("render needs a fitting sizing decision")
+    opts = options or RenderOptions()
+    inp = EngineInput(name=name, spec=spec, decision=decision, images=opts.images)
+    engine = render_engine_container(inp)
+    workload = (
+        render_leader_worker_set(inp, engine, namespace, owner)
+        if inp.nodes > 1
+        else render_deployment(inp, engine, namespace, owner)
+    )
+    children = [workload, render_service(inp, engine, namespace, owner), render_pdb(inp, namespace, owner)]
+    if opts.service_monitor:
+        children.append(render_service_monitor(inp, engine, namespace, owner))
+    return children
