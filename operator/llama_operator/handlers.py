@@ -1,0 +1,113 @@
+"""kopf handlers only: thin, parse -> decide -> apply -> status, all through `reconcile`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from llama_operator.api.spec import GROUP, PLURAL, VERSION
+from llama_operator.kube import Kube, KubeError
+from llama_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, forget_deployment
+from llama_operator.operator_config import OperatorConfig
+from llama_operator.reconcile import (
+    ObjectRef,
+    OperatorContext,
+    Outcome,
+    changed,
+    decision_summary,
+    owner_name,
+    reconcile,
+    status_patch,
+)
+
+DRIFT_INTERVAL_SECONDS = 20.0
+MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
+
+
+@kopf.on.startup(id="configure")
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.execution.max_workers = 8
+    settings.posting.level = logging.WARNING
+    if "context" not in memo:
+        memo["context"] = OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())
+
+
+def _context(memo: kopf.Memo) -> OperatorContext:
+    context: OperatorContext = memo["context"]
+    return context
+
+
+async def _reconcile_and_report(
+    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, *, apply: bool
+) -> Outcome:
+    meta = body.metadata
+    ref = ObjectRef(str(meta.name), str(meta.namespace), str(meta.uid), int(meta.get("generation") or 0))
+    with RECONCILE_SECONDS.time():
+        try:
+            outcome = await reconcile(_context(memo), ref, body.spec, body.status, apply=apply)
+        except KubeError as error:
+            RECONCILE_ERRORS.labels("api").inc()
+            raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=5) from error
+    new_status = status_patch(outcome)
+    if changed(body.status, new_status):
+        patch.status.update(new_status)
+    sizing = outcome.status.sizing
+    before = (body.status.get("gpus"), (body.status.get("sizing") or {}).get("fits"))
+    if sizing is not None and before != (outcome.status.gpus, sizing.fits):
+        if sizing.fits:
+            kopf.info(body, reason="Planned", message=decision_summary(outcome) or sizing.reason)
+        else:
+            kopf.warn(body, reason="DoesNotFit", message="; ".join([sizing.reason, *sizing.alternatives]))
+    if outcome.applied:
+        logger.info("applied %s", ", ".join(outcome.applied))
+    return outcome
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
+async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    outcome = await _reconcile_and_report(body, memo, patch, logger, apply=True)
+    if outcome.invalid is not None:
+        RECONCILE_ERRORS.labels("invalid_spec").inc()
+        kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
+        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, id="drift", interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
+async def drift(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Re-apply the children (server-side apply undoes hand edits) and refresh status."""
+    await _reconcile_and_report(body, memo, patch, logger, apply=True)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-status")
+async def child_status(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A Deployment of ours changed (pods ready, rollout progress): refresh the owner's status now."""
+    name, namespace = owner_name(body), body.metadata.namespace
+    if name is None or namespace is None:
+        return
+    ctx = _context(memo)
+    try:
+        owner = await asyncio.to_thread(ctx.kube.get, f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name)
+        if owner is None:
+            return
+        meta = owner["metadata"]
+        ref = ObjectRef(name, namespace, meta["uid"], int(meta.get("generation", 0)))
+        current = owner.get("status") or {}
+        outcome = await reconcile(ctx, ref, owner.get("spec") or {}, current, apply=False)
+        new_status = status_patch(outcome)
+        if changed(current, new_status):
+            await asyncio.to_thread(ctx.kube.patch_llamadeployment_status, namespace, name, new_status)
+    except KubeError as error:
+        logger.warning("could not refresh the status of %s/%s: %s", namespace, name, error)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
+async def forget(name: str, namespace: str | None, **_: Any) -> None:
+    """Children go by garbage collection (owner references); only the operator's own gauges remain."""
+    forget_deployment(namespace or "", name)

@@ -1,0 +1,161 @@
+"""Every Kubernetes API call of the operator. Errors leave this module as our own `KubeError`s."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from llama_operator.api.spec import GROUP, PLURAL, VERSION
+
+FIELD_MANAGER = "llama-operator"
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+Manifest = dict[str, Any]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# (apiVersion, kind) -> plural, for the kinds the operator applies or reads.
+PLURALS = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Node"): "nodes",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
+    (f"{GROUP}/{VERSION}", "LlamaDeployment"): PLURAL,
+}
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFoundError(KubeError):
+    pass
+
+
+class ConflictError(KubeError):
+    pass
+
+
+def _message(error: ApiException) -> str:
+    try:
+        body = json.loads(error.body or "{}")
+    except ValueError:
+        return str(error.body or error.reason)
+    return str(body.get("message", error.reason))
+
+
+def mapped(func: Callable[P, T]) -> Callable[P, T]:
+    """Map the client's ApiException to our errors, so callers never import the client."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except ApiException as error:
+            kind = {404: NotFoundError, 409: ConflictError}.get(error.status or 0, KubeError)
+            raise kind(error.status or 0, str(error.reason), _message(error)) from error
+
+    return wrapper
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    plural = PLURALS[(api_version, kind)]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{scope}/{plural}" + (f"/{name}" if name else "")
+
+
+class Kube:
+    """A thin synchronous API client; async handlers call it through `asyncio.to_thread`."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = api_client
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient())
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object | None = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Manifest:
+        method, url, headers, serialized, _ = self._api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(method, url, header_params=headers, body=serialized)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise ApiException(http_resp=response)
+        result: Manifest = json.loads(data) if data else {}
+        return result
+
+    @mapped
+    def apply(self, manifest: Manifest) -> Manifest:
+        """Server-side apply under our one field manager; conflicts with other managers are forced."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+        return self._call(
+            "PATCH",
+            path,
+            body=manifest,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    @mapped
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
+        try:
+            return self._call("GET", resource_path(api_version, kind, namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    @mapped
+    def list(self, api_version: str, kind: str, namespace: str | None, label_selector: str = "") -> list[Manifest]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        items: list[Manifest] = self._call("GET", resource_path(api_version, kind, namespace), query=query)["items"]
+        return items
+
+    @mapped
+    def crd_exists(self, name: str) -> bool:
+        try:
+            self._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        except ApiException as error:
+            if error.status in (403, 404):
+                return False
+            raise
+        return True
+
+    @mapped
+    def patch_llamadeployment_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        path = resource_path(f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name) + "/status"
+        return self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

@@ -1,0 +1,134 @@
+"""The reconcile service: parse -> size -> apply -> observe -> status. Kubernetes I/O only through `Kube`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from llama_operator.api.parse import InvalidSpecError, parse_spec
+from llama_operator.api.status import Condition, LlamaDeploymentStatus
+from llama_operator.kube import SERVICE_MONITOR_CRD, Kube
+from llama_operator.metrics import SIZING_DECISIONS, record_phase
+from llama_operator.operator_config import OperatorConfig
+from llama_operator.planning import plan
+from llama_operator.render import LABEL_DEPLOYMENT, Owner, RenderOptions, render
+from llama_operator.sizing.fit import SizingDecision
+from llama_operator.sizing.gpu_classes import Inventory, inventory_from_nodes, node_facts_from_manifest
+from llama_operator.status_report import Observation, invalid_spec_status, report
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    kube: Kube
+    config: OperatorConfig
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: LlamaDeploymentStatus
+    decision: SizingDecision | None
+    applied: tuple[str, ...] = ()
+    invalid: str | None = None
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def previous_conditions(status: Mapping[str, Any]) -> list[Condition]:
+    conditions = []
+    for raw in status.get("conditions") or []:
+        try:
+            conditions.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue  # a hand-edited condition we cannot read is replaced
+    return conditions
+
+
+async def cluster_inventory(ctx: OperatorContext) -> Inventory:
+    nodes = await asyncio.to_thread(ctx.kube.list, "v1", "Node", None)
+    facts = [node_facts_from_manifest(n) for n in nodes]
+    return inventory_from_nodes(facts, ctx.config.class_list(), ctx.config.cpu_cost_per_replica)
+
+
+async def observe(ctx: OperatorContext, ref: ObjectRef, workload_kind: tuple[str, str]) -> Observation:
+    workload = await asyncio.to_thread(ctx.kube.get, *workload_kind, ref.namespace, ref.name)
+    pods = await asyncio.to_thread(ctx.kube.list, "v1", "Pod", ref.namespace, f"{LABEL_DEPLOYMENT}={ref.name}")
+    return Observation(workload=workload, pods=pods)
+
+
+def _workload_kind(decision: SizingDecision | None) -> tuple[str, str]:
+    if decision and decision.chosen and decision.chosen.shape.nodes > 1:
+        return ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+    return ("apps/v1", "Deployment")
+
+
+async def reconcile(
+    ctx: OperatorContext, ref: ObjectRef, spec_body: Mapping[str, Any], status_body: Mapping[str, Any], *, apply: bool
+) -> Outcome:
+    """One level-triggered pass. `apply=False` only refreshes status from the children."""
+    previous = previous_conditions(status_body)
+    now = utc_now()
+    try:
+        spec = parse_spec(spec_body)
+        inventory = await cluster_inventory(ctx)
+        decision = plan(spec, ref.name, inventory)
+    except InvalidSpecError as error:
+        status = invalid_spec_status(str(error), generation=ref.generation, previous=previous, now=now)
+        record_phase(ref.namespace, ref.name, status.phase)
+        return Outcome(status=status, decision=None, invalid=str(error))
+    SIZING_DECISIONS.labels(decision.request.engine, str(decision.fits).lower()).inc()
+    applied: list[str] = []
+    if apply and decision.fits:
+        with_monitor = await asyncio.to_thread(ctx.kube.crd_exists, SERVICE_MONITOR_CRD)
+        options = RenderOptions(images=ctx.config.engine_images(), service_monitor=with_monitor)
+        children = render(ref.name, ref.namespace, spec, decision, options=options, owner=Owner(ref.name, ref.uid))
+        for child in children:
+            await asyncio.to_thread(ctx.kube.apply, child)
+            applied.append(f"{child['kind']}/{child['metadata']['name']}")
+    observation = await observe(ctx, ref, _workload_kind(decision))
+    status = report(
+        ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=previous, now=now
+    )
+    record_phase(ref.namespace, ref.name, status.phase)
+    return Outcome(status=status, decision=decision, applied=tuple(applied))
+
+
+def status_patch(outcome: Outcome) -> Manifest:
+    patch: Manifest = outcome.status.model_dump(by_alias=True, mode="json")
+    return patch
+
+
+def changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Write status only when it differs from what the object carries."""
+    return any(current.get(key) != value for key, value in new.items())
+
+
+def owner_name(child: Mapping[str, Any]) -> str | None:
+    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "LlamaDeployment" and ref.get("controller"):
+            return str(ref.get("name"))
+    return None
+
+
+def decision_summary(outcome: Outcome) -> str | None:
+    """A one-line statement of the sizing decision, for Events."""
+    if outcome.decision is None:
+        return None
+    status = outcome.status
+    return f"{status.engine} on {status.gpus}: {outcome.decision.reason}"

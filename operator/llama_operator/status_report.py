@@ -1,0 +1,169 @@
+"""Pure: what the user reads in `status` — from the spec, the sizing decision and the observed children."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_operator.api import status as st
+from llama_operator.api.conditions import make_condition, merge_conditions
+from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.api.status import Condition, LlamaDeploymentStatus, Phase
+from llama_operator.planning import placement_summary, sizing_status
+from llama_operator.render import LABEL_DEPLOYMENT, service_endpoint
+from llama_operator.sizing.fit import SizingDecision
+
+Manifest = dict[str, Any]
+WAITING_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                    "InvalidImageName", "RunContainerError")  # fmt: skip
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The children as the API returned them."""
+
+    workload: Manifest | None = None
+    pods: Sequence[Manifest] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    reason: str
+    message: str
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _container_problem(pod_name: str, status: Manifest) -> PodProblem | None:
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") not in WAITING_PROBLEMS:
+        return None
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    detail = last.get("message") or waiting.get("message") or ""
+    exit_code = f" (exit code {last['exitCode']})" if "exitCode" in last else ""
+    return PodProblem(
+        st.REASON_CRASHING,
+        _clip(f"pod {pod_name} container {status.get('name')}: {waiting['reason']}{exit_code}: {detail}".rstrip(": ")),
+    )
+
+
+def pod_problem(pods: Iterable[Manifest]) -> PodProblem | None:
+    """The first thing keeping pods from serving: the scheduler's refusal or a failing container."""
+    for pod in sorted(pods, key=lambda p: str(p.get("metadata", {}).get("name", ""))):
+        name = str(pod.get("metadata", {}).get("name", ""))
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return PodProblem(
+                    st.REASON_UNSCHEDULABLE,
+                    _clip(f"pod {name} cannot be scheduled: {condition.get('message', condition.get('reason', ''))}"),
+                )
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            problem = _container_problem(name, container)
+            if problem:
+                return problem
+    return None
+
+
+def _fits_condition(decision: SizingDecision, generation: int, now: str) -> Condition:
+    if decision.fits:
+        return make_condition(st.FITS, "True", st.REASON_FITS, decision.reason, generation=generation, now=now)
+    hint = "; would fit with: " + "; ".join(decision.alternatives) if decision.alternatives else ""
+    message = _clip(decision.reason + hint + ("" if hint else "; add nodes of a larger GPU class"))
+    return make_condition(st.FITS, "False", st.REASON_DOES_NOT_FIT, message, generation=generation, now=now)
+
+
+def _workload_numbers(workload: Manifest | None) -> tuple[int, int, int, int]:
+    """(replicas, ready, updated, observedGeneration) of a Deployment or LeaderWorkerSet."""
+    status = (workload or {}).get("status") or {}
+    return (
+        int(status.get("replicas", 0)),
+        int(status.get("readyReplicas", 0)),
+        int(status.get("updatedReplicas", 0)),
+        int(status.get("observedGeneration", 0)),
+    )
+
+
+def report(
+    name: str,
+    namespace: str,
+    spec: LlamaDeploymentSpec,
+    decision: SizingDecision,
+    observation: Observation,
+    *,
+    generation: int,
+    previous: Sequence[Condition],
+    now: str,
+) -> LlamaDeploymentStatus:
+    desired = spec.replicas
+    replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
+    workload_meta_generation = int(((observation.workload or {}).get("metadata") or {}).get("generation", 0))
+    rolled = observation.workload is not None and workload_generation >= workload_meta_generation
+    rolling = observation.workload is not None and (not rolled or updated < desired or replicas > desired)
+    problem = pod_problem(observation.pods) if observation.workload is not None else None
+    conditions = [_fits_condition(decision, generation, now)]
+
+    def cond(type_: str, status: st.ConditionStatus, reason: str, message: str) -> None:
+        conditions.append(make_condition(type_, status, reason, message, generation=generation, now=now))
+
+    phase: Phase
+    if observation.workload is None:
+        phase = "Failed" if not decision.fits else "Pending"
+        why = "no serving workload: " + (decision.reason if not decision.fits else "creating it")
+        cond(st.READY, "False", st.REASON_DOES_NOT_FIT if not decision.fits else st.REASON_UNAVAILABLE, _clip(why))
+        cond(st.PROGRESSING, "False" if not decision.fits else "True", st.REASON_ROLLING_OUT, "")
+        cond(st.DEGRADED, "False", st.REASON_HEALTHY, "")
+    else:
+        if desired == 0:
+            cond(st.READY, "True", st.REASON_SCALED_TO_ZERO, "spec.replicas is 0; scale up to serve")
+        elif ready >= desired and not rolling:
+            cond(st.READY, "True", st.REASON_AVAILABLE, f"{ready}/{desired} replicas ready")
+        else:
+            reason = problem.reason if problem else st.REASON_UNAVAILABLE
+            detail = problem.message if problem else "waiting for the model to load and /health to answer"
+            cond(st.READY, "False", reason, _clip(f"{ready}/{desired} replicas ready; {detail}"))
+        if rolling:
+            cond(st.PROGRESSING, "True", st.REASON_ROLLING_OUT, f"{updated}/{desired} replicas updated")
+        else:
+            cond(st.PROGRESSING, "False", st.REASON_ROLLED_OUT, "all replicas run the current spec")
+        if problem:
+            cond(st.DEGRADED, "True", problem.reason, problem.message)
+        else:
+            cond(st.DEGRADED, "False", st.REASON_HEALTHY, "")
+        if problem:
+            phase = "Degraded"
+        elif desired == 0 or (ready >= desired and not rolling):
+            phase = "Ready"
+        else:
+            phase = "Progressing"
+    return LlamaDeploymentStatus(
+        observed_generation=generation,
+        phase=phase,
+        conditions=merge_conditions(previous, conditions),
+        sizing=sizing_status(decision),
+        engine=decision.request.engine,
+        gpus=placement_summary(decision),
+        replicas=replicas,
+        ready_replicas=ready,
+        ready=f"{ready}/{desired}",
+        selector=f"{LABEL_DEPLOYMENT}={name}",
+        endpoint=service_endpoint(name, namespace) if observation.workload is not None else None,
+        adapters=",".join(f"{a.name}@{a.version}" for a in spec.adapters) or None,
+    )
+
+
+def invalid_spec_status(
+    message: str, *, generation: int, previous: Sequence[Condition], now: str
+) -> LlamaDeploymentStatus:
+    text = _clip(f"{message}. Fix the spec and apply it again.")
+    conditions = [
+        make_condition(st.READY, "False", st.REASON_INVALID_SPEC, text, generation=generation, now=now),
+        make_condition(st.DEGRADED, "True", st.REASON_INVALID_SPEC, text, generation=generation, now=now),
+    ]
+    return LlamaDeploymentStatus(
+        observed_generation=generation, phase="Failed", conditions=merge_conditions(previous, conditions)
+    )
