@@ -1,0 +1,46 @@
+# The README's two commands: `make demo` and `make test`. Both set up what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup controlplane lint unit integration crds golden clean
+
+demo: setup controlplane
+	$(BIN)/llama-operator dev
+
+test: setup controlplane lint
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+controlplane:
+	bash hack/build-controlplane.sh >/dev/null
+
+lint: setup
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+unit: setup
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+integration: setup controlplane
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration
+
+crds: setup
+	$(BIN)/llama-operator crds > crds/llamadeployments.llamaops.io.yaml
+
+golden: setup
+	UPDATE_GOLDEN=1 $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_render_golden.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,139 @@
+"""`llama-operator plan`: the JSON shape the issue promises, exit codes, and errors that say what to change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llama_operator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+GIB = 1024**3
+SIZING_KEYS = {
+    "fits", "engine", "gpuClass", "gpuMemoryBytes", "gpusPerReplica", "tensorParallel", "nodesPerReplica",
+    "perGpuBytes", "contextLength", "maxConcurrentSequences", "engineArgs", "reason", "alternatives",
+}  # fmt: skip
+
+
+def run_plan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
+    code = main(["plan", *args])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip().startswith(("{", "[")) else out), err
+
+
+def write(tmp_path: Path, body: dict[str, Any]) -> str:
+    path = tmp_path / "ld.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "llamaops.io/v1alpha1", "kind": "LlamaDeployment", **body}))
+    return str(path)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_json_shape(capsys: pytest.CaptureFixture[str], example: Path) -> None:
+    code, out, _ = run_plan(capsys, "-f", str(example), "-o", "json")
+    assert code == 0
+    assert set(out) >= {"sizing", "children"}
+    sizing = out["sizing"]
+    assert set(sizing) >= SIZING_KEYS
+    assert set(sizing["perGpuBytes"]) == {"weights", "kvCache", "overhead", "total"}
+    per = sizing["perGpuBytes"]
+    assert per["total"] == per["weights"] + per["kvCache"] + per["overhead"]
+    assert sizing["engine"] in {"vllm", "tgi", "llamacpp"}
+    assert all(isinstance(a, str) for a in sizing["engineArgs"])
+    assert out["children"], "a fitting plan renders children"
+    if sizing["gpuClass"] is None:
+        assert sizing["gpusPerReplica"] == 0
+
+
+def test_8b_bf16_weights_about_15_gib(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run_plan(capsys, "-f", str(ROOT / "manifests/examples/llama-3.1-8b-vllm-24gb.yaml"), "-o", "json")
+    assert 14.5 < out["sizing"]["perGpuBytes"]["weights"] / GIB < 15.5
+    assert out["sizing"]["gpuClass"] == "gpu-24gb"
+    assert out["sizing"]["gpusPerReplica"] == 1
+
+
+def test_8b_q4_k_m_about_4_6_gib(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    body = {
+        "metadata": {"name": "q4"},
+        "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "hf://o/r/m.gguf", "format": "gguf",
+                           "quantization": "q4_k_m"}, "placement": {"cpuOnly": True}},
+    }  # fmt: skip
+    _, out, _ = run_plan(capsys, "-f", write(tmp_path, body), "-o", "json")
+    assert 4.4 < out["sizing"]["perGpuBytes"]["weights"] / GIB < 4.8
+
+
+def test_70b_int4_is_about_38_gib_and_not_on_one_24gb_card(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    body = {
+        "metadata": {"name": "big"},
+        "spec": {
+            "model": {"catalogName": "llama-3.1-70b", "source": "hf://o/r", "quantization": "awq"},
+            "placement": {"gpuClass": "gpu-24gb", "gpuCount": 1},
+        },
+    }
+    code, out, _ = run_plan(capsys, "-f", write(tmp_path, body), "-o", "json")
+    assert code == 1
+    sizing = out["sizing"]
+    assert sizing["fits"] is False
+    assert 37 < sizing["perGpuBytes"]["weights"] / GIB < 39
+    assert out["children"] == []
+    assert any("gpuClass/gpuCount auto" in a for a in sizing["alternatives"])
+
+
+def test_405b_bf16_refused_on_one_node_with_alternatives(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    body = {"metadata": {"name": "huge"}, "spec": {"model": {"catalogName": "llama-3.1-405b", "source": "hf://o/r"}}}
+    code, out, _ = run_plan(capsys, "-f", write(tmp_path, body), "-o", "json")
+    assert code == 1
+    alternatives = " ".join(out["sizing"]["alternatives"])
+    assert "maxNodesPerReplica: 2" in alternatives
+    assert "quantization: fp8" in alternatives
+    assert "8 x h100-80gb" in out["sizing"]["reason"]
+
+
+def test_scout_int4_on_one_h100(capsys: pytest.CaptureFixture[str]) -> None:
+    example = ROOT / "manifests/examples/llama-4-scout-int4-h100-tools-lora.yaml"
+    _, out, _ = run_plan(capsys, "-f", str(example), "-o", "json")
+    assert out["sizing"]["gpuClass"] == "h100-80gb"
+    assert out["sizing"]["gpusPerReplica"] == 1
+
+
+def test_nodes_file_limits_the_classes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "l40s-1", "labels": {"nvidia.com/gpu.memory": "46068", "nvidia.com/gpu.product": "NVIDIA-L40S"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "2", "memory": "256Gi"}},
+    }
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [node]}))
+    body = {"metadata": {"name": "m"}, "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "hf://o/r"}}}
+    _, out, _ = run_plan(capsys, "-f", write(tmp_path, body), "--nodes", str(nodes), "-o", "json")
+    assert out["sizing"]["gpuClass"] == "gpu-48gb"
+    assert out["sizing"]["gpuMemoryBytes"] == 46068 * 1024**2
+
+
+def test_invalid_spec_names_the_field(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    body = {"metadata": {"name": "bad"}, "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "ftp://x"}}}
+    code, _, err = run_plan(capsys, "-f", write(tmp_path, body), "-o", "json")
+    assert code == 2
+    assert "spec.model.source" in err
+
+
+def test_wrong_kind_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}))
+    code, _, err = run_plan(capsys, "-f", str(path))
+    assert code == 2
+    assert "expected kind LlamaDeployment" in err
+
+
+def test_table_output_lists_every_example(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    combined = tmp_path / "all.yaml"
+    combined.write_text("\n---\n".join(p.read_text() for p in EXAMPLES))
+    code, out, _ = run_plan(capsys, "-f", str(combined), "-o", "table")
+    assert code == 0
+    for example in EXAMPLES:
+        assert yaml.safe_load(example.read_text())["metadata"]["name"] in out
