@@ -104,7 +104,10 @@ def test_nodes_file_limits_the_classes(capsys: pytest.CaptureFixture[str], tmp_p
     node = {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": "l40s-1", "labels": {"nvidia.com/gpu.memory": "46068", "nvidia.com/gpu.product": "NVIDIA-L40S"}},
+        "metadata": {
+            "name": "l40s-1",
+            "labels": {"nvidia.com/gpu.memory": "46068", "nvidia.com/gpu.product": "NVIDIA-L40S"},
+        },
         "status": {"allocatable": {"nvidia.com/gpu": "2", "memory": "256Gi"}},
     }
     nodes = tmp_path / "nodes.yaml"
