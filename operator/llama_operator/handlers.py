@@ -22,6 +22,7 @@ from llama_operator.reconcile import (
     reconcile,
     status_patch,
 )
+from llama_operator.render import LABEL_DEPLOYMENT
 
 DRIFT_INTERVAL_SECONDS = 20.0
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
@@ -33,6 +34,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.execution.max_workers = 8
     settings.posting.level = logging.WARNING
+    settings.execution.default_backoff = 5  # a retry after an API hiccup should not wait a minute
     if "context" not in memo:
         memo["context"] = OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())
 
@@ -85,26 +87,43 @@ async def drift(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kop
     await _reconcile_and_report(body, memo, patch, logger, apply=True)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-status")
-async def child_status(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A Deployment of ours changed (pods ready, rollout progress): refresh the owner's status now."""
-    name, namespace = owner_name(body), body.metadata.namespace
-    if name is None or namespace is None:
-        return
+async def _refresh(name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, *, apply: bool) -> None:
+    """Reconcile a LlamaDeployment from an event of one of its children; status goes through the API."""
     ctx = _context(memo)
     try:
         owner = await asyncio.to_thread(ctx.kube.get, f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name)
-        if owner is None:
+        if owner is None or owner["metadata"].get("deletionTimestamp"):
             return
         meta = owner["metadata"]
         ref = ObjectRef(name, namespace, meta["uid"], int(meta.get("generation", 0)))
         current = owner.get("status") or {}
-        outcome = await reconcile(ctx, ref, owner.get("spec") or {}, current, apply=False)
+        outcome = await reconcile(ctx, ref, owner.get("spec") or {}, current, apply=apply and planned_before(current))
         new_status = status_patch(outcome)
         if changed(current, new_status):
             await asyncio.to_thread(ctx.kube.patch_llamadeployment_status, namespace, name, new_status)
     except KubeError as error:
-        logger.warning("could not refresh the status of %s/%s: %s", namespace, name, error)
+        logger.warning("could not refresh %s/%s: %s", namespace, name, error)
+
+
+def planned_before(status: dict[str, Any]) -> bool:
+    """Children are only re-applied for objects the main handler has already planned."""
+    return bool(status.get("sizing"))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-deployment")
+async def child_deployment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A Deployment of ours changed: re-apply (a hand edit is reverted at once) and refresh the owner's status."""
+    name, namespace = owner_name(body), body.metadata.namespace
+    if name and namespace and not body.metadata.get("deletionTimestamp"):
+        await _refresh(name, namespace, memo, logger, apply=True)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED_LABELS, id="child-pod")
+async def child_pod(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A pod of ours changed (scheduled, crashed, ready): refresh the owner's status."""
+    name, namespace = body.metadata.labels.get(LABEL_DEPLOYMENT), body.metadata.namespace
+    if name and namespace:
+        await _refresh(name, namespace, memo, logger, apply=False)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
