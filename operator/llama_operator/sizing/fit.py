@@ -66,13 +66,22 @@ class SizingDecision:
         return self.chosen is not None
 
 
+def _shards_evenly(request: SizingRequest, tp: int) -> bool:
+    """vLLM and TGI shard attention and KV heads evenly (vLLM replicates KV heads when TP exceeds them);
+    llama.cpp splits whole layers and takes any count."""
+    model = request.work.model
+    if request.engine == "llamacpp":
+        return True
+    if model.attention_heads % tp:
+        return False
+    return model.kv_heads % tp == 0 or (request.engine == "vllm" and tp % model.kv_heads == 0)
+
+
 def _tensor_parallel_sizes(request: SizingRequest, gpus_per_node: int) -> Iterator[int]:
-    heads = request.work.model.attention_heads
     for tp in TENSOR_PARALLEL_SIZES:
         if tp > gpus_per_node:
             return
-        # vLLM and TGI shard attention heads; llama.cpp splits whole layers and takes any count.
-        if request.engine == "llamacpp" or heads % tp == 0:
+        if _shards_evenly(request, tp):
             yield tp
 
 
@@ -83,7 +92,7 @@ def _gpu_shapes(request: SizingRequest, gpu_class: GpuClass) -> Iterator[Shape]:
         return
     node_limit = request.max_nodes if gpu_class.nodes == 0 else min(request.max_nodes, gpu_class.nodes)
     full_node = gpu_class.gpus_per_node
-    if request.work.model.attention_heads % full_node:
+    if not _shards_evenly(request, full_node):
         return
     for nodes in range(2, node_limit + 1):
         yield Shape(gpus_per_node=full_node, nodes=nodes)
