@@ -1,0 +1,146 @@
+"""Command lines of the control-plane components: pure functions of paths and ports.
+
+Every server listens on 127.0.0.1 only. etcd speaks plain HTTP on loopback; everything
+else is TLS with the dev cluster's CA (see ``certs.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+from llama_operator.devcluster.certs import ClusterCertificates
+from llama_operator.devcluster.pools import KWOK_MANAGED_SELECTOR
+from llama_operator.devcluster.processes import free_loopback_port
+
+LOOPBACK = "127.0.0.1"
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # a config value only: no traffic goes there
+POD_IP_RANGE = "10.244.0.0/16"  # pod IPs KWOK hands out
+FAKE_NODE_IP = "10.200.0.1"  # InternalIP of every fake node (and hostIP of its pods); never dialled
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+ETCD_MEMBER_NAME = "llama-operator-dev"
+NODE_LEASE_DURATION_SECONDS = 40
+ALWAYS_ALLOWED_PATHS = "/healthz,/readyz,/livez"
+# node-ipam needs a cluster CIDR and real node networking; KWOK hands out pod IPs itself.
+CONTROLLERS = "*,-node-ipam-controller"
+
+
+@dataclass(frozen=True)
+class ControlPlanePorts:
+    """One loopback port per listener."""
+
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def allocate(cls) -> ControlPlanePorts:
+        """Free ports, all different (the OS may hand out one twice between probes)."""
+        chosen: list[int] = []
+        while len(chosen) < len(cls.__dataclass_fields__):
+            port = free_loopback_port()
+            if port not in chosen:
+                chosen.append(port)
+        return cls(*chosen)
+
+    def all_ports(self) -> tuple[int, ...]:
+        return astuple(self)
+
+
+def loopback_url(scheme: str, port: int, path: str = "") -> str:
+    return f"{scheme}://{LOOPBACK}:{port}{path}"
+
+
+def etcd_command(etcd: Path, data_dir: Path, ports: ControlPlanePorts) -> list[str]:
+    """A single-member etcd on tmpfs-friendly settings (no fsync: the data is throwaway)."""
+    client_url = loopback_url("http", ports.etcd_client)
+    peer_url = loopback_url("http", ports.etcd_peer)
+    return [
+        str(etcd),
+        f"--name={ETCD_MEMBER_NAME}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={ETCD_MEMBER_NAME}={peer_url}",
+        "--initial-cluster-state=new",
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_command(apiserver: Path, certificates: ClusterCertificates, ports: ControlPlanePorts) -> list[str]:
+    return [
+        str(apiserver),
+        f"--etcd-servers={loopback_url('http', ports.etcd_client)}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--secure-port={ports.apiserver}",
+        f"--tls-cert-file={certificates.serving.cert}",
+        f"--tls-private-key-file={certificates.serving.key}",
+        f"--client-ca-file={certificates.ca.cert}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={certificates.service_account_public_key}",
+        f"--service-account-signing-key-file={certificates.service_account_private_key}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--allow-privileged=true",
+        "--profiling=false",
+    ]
+
+
+def delegated_auth_flags(certificates: ClusterCertificates, kubeconfig: Path, port: int) -> list[str]:
+    """Serving and delegated authn/authz flags shared by the scheduler and controller-manager."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--authorization-always-allow-paths={ALWAYS_ALLOWED_PATHS}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={port}",
+        f"--tls-cert-file={certificates.serving.cert}",
+        f"--tls-private-key-file={certificates.serving.key}",
+        "--leader-elect=false",
+        "--profiling=false",
+    ]
+
+
+def controller_manager_command(
+    controller_manager: Path, certificates: ClusterCertificates, kubeconfig: Path, ports: ControlPlanePorts
+) -> list[str]:
+    """Runs every controller under its own service account, signing tokens and CSRs with our keys."""
+    return [
+        str(controller_manager),
+        *delegated_auth_flags(certificates, kubeconfig, ports.controller_manager),
+        f"--controllers={CONTROLLERS}",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={certificates.service_account_private_key}",
+        f"--root-ca-file={certificates.ca.cert}",
+        f"--cluster-signing-cert-file={certificates.ca.cert}",
+        f"--cluster-signing-key-file={certificates.ca.key}",
+    ]
+
+
+def scheduler_command(
+    scheduler: Path, certificates: ClusterCertificates, kubeconfig: Path, ports: ControlPlanePorts
+) -> list[str]:
+    return [str(scheduler), *delegated_auth_flags(certificates, kubeconfig, ports.scheduler)]
+
+
+def kwok_command(kwok: Path, kubeconfig: Path, stages_file: Path, ports: ControlPlanePorts) -> list[str]:
+    """KWOK plays the kubelet of our labelled nodes only, with our own lifecycle stages."""
+    return [
+        str(kwok),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={stages_file}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-label-selector={KWOK_MANAGED_SELECTOR}",
+        f"--server-address={LOOPBACK}:{ports.kwok}",
+        f"--cidr={POD_IP_RANGE}",
+        f"--node-ip={FAKE_NODE_IP}",
+        f"--node-lease-duration-seconds={NODE_LEASE_DURATION_SECONDS}",
+    ]

@@ -1,0 +1,224 @@
+"""A real, local Kubernetes control plane with fake GPU node pools.
+
+``ControlPlane(workdir).start()`` runs etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and KWOK as child processes bound to 127.0.0.1, registers the node pools and
+returns when every node is Ready. The work dir keeps the certificates (``pki/``), one log per
+component (``logs/``) and the admin ``kubeconfig``; etcd's data lives on tmpfs when there is
+one. ``stop()`` (or leaving the ``with`` block) ends every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from kubernetes.client import ApiClient, Configuration
+
+from llama_operator.devcluster import components
+from llama_operator.devcluster.binaries import ControlPlaneBinaries, find_binaries
+from llama_operator.devcluster.certs import (
+    ADMIN,
+    CONTROLLER_MANAGER,
+    SCHEDULER,
+    ClusterCertificates,
+    generate_cluster_certificates,
+)
+from llama_operator.devcluster.kubeconfig import write_kubeconfig
+from llama_operator.devcluster.pools import (
+    DEFAULT_POOLS_FILE,
+    create_pool_nodes,
+    load_node_pools,
+    pool_node_manifests,
+    wait_for_nodes_ready,
+)
+from llama_operator.devcluster.processes import HealthEndpoint, ManagedProcess, client_tls_context
+
+LOGGER = logging.getLogger(__name__)
+
+KWOK_STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+TMPFS = Path("/dev/shm")  # noqa: S108 - a fresh mkdtemp() folder inside it, never a fixed name
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+STOP_GRACE_SECONDS = 10.0
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + KWOK node pools."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        pools_file: Path | None = None,
+        *,
+        startup_timeout_seconds: float = 120.0,
+    ) -> None:
+        self.workdir = workdir.absolute()
+        self.pools_file = pools_file if pools_file is not None else DEFAULT_POOLS_FILE
+        self.startup_timeout_seconds = startup_timeout_seconds
+        self.ports = components.ControlPlanePorts.allocate()
+        self.server_url = components.loopback_url("https", self.ports.apiserver)
+        self.kubeconfig_path = self.workdir / "kubeconfig"
+        self.pki_dir = self.workdir / "pki"
+        self.logs_dir = self.workdir / "logs"
+        self.ca_path = self.pki_dir / "ca.crt"
+        self.node_names: list[str] = []
+        self._processes: dict[str, ManagedProcess] = {}
+        self._etcd_data_dir: Path | None = None
+        self._started_at = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every component in order, waiting for each to be healthy; stop all on failure."""
+        if self._processes:
+            raise RuntimeError(f"control plane in {self.workdir} was already started")
+        self._started_at = time.monotonic()
+        try:
+            self._start_components()
+        except BaseException:
+            LOGGER.exception("control plane failed to start; stopping what was started (logs in %s)", self.logs_dir)
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the components in reverse order (SIGTERM, then SIGKILL) and drop etcd's data."""
+        for name in reversed(COMPONENTS):
+            process = self._processes.get(name)
+            if process is None:
+                continue
+            exit_code = process.stop(STOP_GRACE_SECONDS)
+            LOGGER.info("stopped %s (pid %s, exit status %s)", name, process.pid, exit_code)
+        if self._etcd_data_dir is not None:
+            shutil.rmtree(self._etcd_data_dir, ignore_errors=True)
+            self._etcd_data_dir = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what callers read -----------------------------------------------------------------
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Pid of every component started so far (kept after ``stop()``, for checks)."""
+        return {name: process.pid for name, process in self._processes.items() if process.pid is not None}
+
+    def running_components(self) -> list[str]:
+        return [name for name, process in self._processes.items() if process.is_running()]
+
+    def logs_tail(self, component: str, lines: int = 50) -> str:
+        """The last ``lines`` lines of one component's log."""
+        if component not in COMPONENTS:
+            raise KeyError(f"unknown component {component!r}; known: {', '.join(COMPONENTS)}")
+        process = self._processes.get(component)
+        if process is None:
+            return ""
+        return process.log_tail(lines)
+
+    def new_api_client(self) -> ApiClient:
+        """A ``kubernetes`` client authenticated as the cluster admin (the same identity as ``kubeconfig``)."""
+        configuration = Configuration(
+            host=self.server_url,
+            ssl_ca_cert=str(self.ca_path),
+            cert_file=str(self.pki_dir / "admin.crt"),
+            key_file=str(self.pki_dir / "admin.key"),
+        )
+        return ApiClient(configuration)
+
+    # -- start steps -----------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started_at
+
+    def _start_components(self) -> None:
+        binaries = find_binaries()
+        pools = load_node_pools(self.pools_file)
+        LOGGER.info("starting control plane in %s from %s", self.workdir, binaries.bin_dir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        certificates = generate_cluster_certificates(self.pki_dir)
+        LOGGER.info("[%5.1fs] certificates ready in %s", self._elapsed(), self.pki_dir)
+
+        self._start_etcd(binaries)
+        self._start_apiserver(binaries, certificates)
+        write_kubeconfig(self.kubeconfig_path, self.server_url, certificates.ca.cert, ADMIN.user, certificates.admin)
+        self._start_controller_manager(binaries, certificates)
+        self._start_scheduler(binaries, certificates)
+
+        with self.new_api_client() as api_client:
+            self.node_names = create_pool_nodes(api_client, pool_node_manifests(pools))
+            LOGGER.info("[%5.1fs] registered %d pool nodes", self._elapsed(), len(self.node_names))
+            self._start_kwok(binaries)
+            waited = wait_for_nodes_ready(api_client, self.node_names, self.startup_timeout_seconds)
+            LOGGER.info("[%5.1fs] %d pool nodes Ready after %.1fs", self._elapsed(), len(self.node_names), waited)
+        LOGGER.info(
+            "[%5.1fs] control plane ready at %s (kubeconfig %s)", self._elapsed(), self.server_url, self.kubeconfig_path
+        )
+
+    def _launch(
+        self, name: str, command: list[str], health: HealthEndpoint, environment: dict[str, str] | None = None
+    ) -> None:
+        process = ManagedProcess(name, command, self.logs_dir / f"{name}.log", environment)
+        self._processes[name] = process
+        pid = process.start()
+        LOGGER.info("[%5.1fs] started %s (pid %d), waiting for %s", self._elapsed(), name, pid, health.url)
+        waited = process.wait_until_healthy(health, self.startup_timeout_seconds)
+        LOGGER.info("[%5.1fs] %s healthy after %.1fs", self._elapsed(), name, waited)
+
+    def _admin_probe(self, port: int, path: str) -> HealthEndpoint:
+        tls = client_tls_context(self.ca_path, self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        return HealthEndpoint(components.loopback_url("https", port, path), tls)
+
+    def _start_etcd(self, binaries: ControlPlaneBinaries) -> None:
+        parent = TMPFS if TMPFS.is_dir() and os.access(TMPFS, os.W_OK) else None
+        self._etcd_data_dir = Path(tempfile.mkdtemp(prefix="llama-operator-etcd-", dir=parent))
+        command = components.etcd_command(binaries.path("etcd"), self._etcd_data_dir, self.ports)
+        health = HealthEndpoint(components.loopback_url("http", self.ports.etcd_client, "/readyz"))
+        self._launch("etcd", command, health)
+
+    def _start_apiserver(self, binaries: ControlPlaneBinaries, certificates: ClusterCertificates) -> None:
+        command = components.apiserver_command(binaries.path("kube-apiserver"), certificates, self.ports)
+        self._launch("kube-apiserver", command, self._admin_probe(self.ports.apiserver, "/readyz"))
+
+    def _start_controller_manager(self, binaries: ControlPlaneBinaries, certificates: ClusterCertificates) -> None:
+        kubeconfig = write_kubeconfig(
+            self.pki_dir / "kube-controller-manager.kubeconfig",
+            self.server_url,
+            certificates.ca.cert,
+            CONTROLLER_MANAGER.user,
+            certificates.controller_manager,
+        )
+        command = components.controller_manager_command(
+            binaries.path("kube-controller-manager"), certificates, kubeconfig, self.ports
+        )
+        self._launch("kube-controller-manager", command, self._admin_probe(self.ports.controller_manager, "/healthz"))
+
+    def _start_scheduler(self, binaries: ControlPlaneBinaries, certificates: ClusterCertificates) -> None:
+        kubeconfig = write_kubeconfig(
+            self.pki_dir / "kube-scheduler.kubeconfig",
+            self.server_url,
+            certificates.ca.cert,
+            SCHEDULER.user,
+            certificates.scheduler,
+        )
+        command = components.scheduler_command(binaries.path("kube-scheduler"), certificates, kubeconfig, self.ports)
+        self._launch("kube-scheduler", command, self._admin_probe(self.ports.scheduler, "/healthz"))
+
+    def _start_kwok(self, binaries: ControlPlaneBinaries) -> None:
+        command = components.kwok_command(binaries.path("kwok"), self.kubeconfig_path, KWOK_STAGES_FILE, self.ports)
+        # KWOK also loads $KWOK_WORKDIR/kwok.yaml (default ~/.kwok); keep a user's file out of it.
+        environment = {**os.environ, "KWOK_WORKDIR": str(self.workdir / "kwok")}
+        health = HealthEndpoint(components.loopback_url("http", self.ports.kwok, "/healthz"))
+        self._launch("kwok", command, health, environment)
