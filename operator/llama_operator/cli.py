@@ -53,6 +53,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         liveness=args.liveness,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         verbose=args.verbose,
     )
 
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
     run.add_argument("-n", "--namespace", action="append", default=[], help="watch only these namespaces")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
-    run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics")
+    run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics (0: off)")
+    run.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint binds")  # noqa: S104
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
     return parser

@@ -21,8 +21,8 @@ def run_operator(
     liveness: str | None,
     metrics_port: int,
     verbose: bool,
+    metrics_host: str,
     kubeconfig: str | None = None,
-    metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped by Prometheus through the metrics Service
 ) -> int:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

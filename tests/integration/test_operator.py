@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,7 +148,7 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def wait_condition(
-    api_client: Any, namespace: str, name: str, type_: str, status: str, timeout: float, operator: OperatorProcess
+    api_client: Any, namespace: str, name: str, operator: OperatorProcess, *, type_: str, status: str, timeout: float
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = get_ld(api_client, namespace, name)
@@ -162,8 +161,8 @@ def wait_condition(
     try:
         return poll_until(check, timeout, f"{name}: {type_}={status}")
     except pytest.fail.Exception:
-        print(operator.log_tail())  # noqa: T201 - shown by pytest only when the test fails
-        print(yaml.safe_dump(get_ld(api_client, namespace, name).get("status")))  # noqa: T201
+        print(operator.log_tail())  # shown by pytest only when the test fails
+        print(yaml.safe_dump(get_ld(api_client, namespace, name).get("status")))
         raise
 
 
@@ -186,7 +185,7 @@ def test_example_is_placed_on_the_planned_pool_and_ready(
     manifest = example(stem)
     name = manifest["metadata"]["name"]
     created = create(api_client, namespace, manifest)
-    ready = wait_condition(api_client, namespace, name, "Ready", "True", 90, operator)
+    ready = wait_condition(api_client, namespace, name, operator, type_="Ready", status="True", timeout=90)
     assert ready["status"]["phase"] == "Ready"
     assert ready["status"]["observedGeneration"] == created["metadata"]["generation"]
 
@@ -223,13 +222,13 @@ def test_spec_change_rolls_a_new_replicaset_and_converges(
     manifest = example("llama-3.1-8b-tgi")
     name = manifest["metadata"]["name"]
     create(api_client, namespace, manifest)
-    wait_condition(api_client, namespace, name, "Ready", "True", 90, operator)
+    wait_condition(api_client, namespace, name, operator, type_="Ready", status="True", timeout=90)
     apps = kube_client.AppsV1Api(api_client)
     before = apps.read_namespaced_deployment(name, namespace).metadata.generation
     custom(api_client).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name, {"spec": {"model": {"contextLength": 2048}}}
     )
-    obj = wait_condition(api_client, namespace, name, "Ready", "True", 90, operator)
+    obj = wait_condition(api_client, namespace, name, operator, type_="Ready", status="True", timeout=90)
     assert obj["status"]["sizing"]["contextLength"] == 2048
     deployment = apps.read_namespaced_deployment(name, namespace)
     assert deployment.metadata.generation > before
@@ -249,7 +248,7 @@ def test_hand_edit_is_reverted_and_delete_collects_children(
     manifest = example("llama-3.1-8b-vllm-24gb")
     name = manifest["metadata"]["name"]
     create(api_client, namespace, manifest)
-    wait_condition(api_client, namespace, name, "Ready", "True", 90, operator)
+    wait_condition(api_client, namespace, name, operator, type_="Ready", status="True", timeout=90)
     apps = kube_client.AppsV1Api(api_client)
     apps.patch_namespaced_deployment(name, namespace, {"spec": {"strategy": {"rollingUpdate": {"maxUnavailable": 1}}}})
 
@@ -281,7 +280,7 @@ def test_a_model_that_fits_nowhere_is_refused_with_alternatives(
         "spec": {"model": {"catalogName": "llama-3.1-405b", "source": "hf://meta-llama/Llama-3.1-405B-Instruct"}},
     }
     create(api_client, namespace, manifest)
-    obj = wait_condition(api_client, namespace, "too-big", "Fits", "False", 60, operator)
+    obj = wait_condition(api_client, namespace, "too-big", operator, type_="Fits", status="False", timeout=60)
     fits = condition(obj, "Fits")
     assert fits is not None
     assert "quantization: fp8" in fits["message"]
@@ -298,7 +297,7 @@ def test_exhausted_gpus_show_the_schedulers_reason(api_client: Any, namespace: s
     manifest["spec"]["replicas"] = 40  # the H100 pool has far fewer GPUs
     name = manifest["metadata"]["name"]
     create(api_client, namespace, manifest)
-    obj = wait_condition(api_client, namespace, name, "Degraded", "True", 90, operator)
+    obj = wait_condition(api_client, namespace, name, operator, type_="Degraded", status="True", timeout=90)
     ready = condition(obj, "Ready")
     assert ready is not None
     assert ready["reason"] == "Unschedulable"
@@ -312,12 +311,11 @@ def test_operator_restart_converges_without_duplicates(
     manifest = example("llama-3.1-8b-tgi")
     name = manifest["metadata"]["name"]
     create(api_client, namespace, manifest)
-    time.sleep(0.5)  # the object exists before any operator sees it
     operator.start()
-    wait_condition(api_client, namespace, name, "Ready", "True", 90, operator)
+    wait_condition(api_client, namespace, name, operator, type_="Ready", status="True", timeout=90)
     operator.kill()
     operator.start()
-    wait_condition(api_client, namespace, name, "Ready", "True", 90, operator)
+    wait_condition(api_client, namespace, name, operator, type_="Ready", status="True", timeout=90)
     deployments = kube_client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items
     services = kube_client.CoreV1Api(api_client).list_namespaced_service(namespace).items
     assert [d.metadata.name for d in deployments] == [name]

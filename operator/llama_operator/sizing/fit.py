@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 
 from llama_operator.sizing.flags import engine_sizing_args
 from llama_operator.sizing.gpu_classes import GIB, GpuClass, Inventory
-from llama_operator.sizing.memory import MemoryEstimate, ServingEngine, Shape, Workload, estimate
+from llama_operator.sizing.memory import (
+    CPU_USABLE_FRACTION,
+    MemoryEstimate,
+    ServingEngine,
+    Shape,
+    Workload,
+    estimate,
+)
 from llama_operator.sizing.quantization import GGUF_LADDER, QUANTIZATIONS, SAFETENSORS_LADDER
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16)
@@ -104,7 +111,7 @@ def candidates(request: SizingRequest, inventory: Inventory) -> list[Candidate]:
     if request.cpu_only:
         if request.engine == "llamacpp" and inventory.cpu is not None:
             memory = estimate(request.work, "llamacpp", Shape(gpus_per_node=0), None)
-            budget = int(inventory.cpu.memory_bytes * 0.85)
+            budget = int(inventory.cpu.memory_bytes * CPU_USABLE_FRACTION)
             found.append(Candidate(None, Shape(0), replace(memory, budget=budget), inventory.cpu.cost_per_replica))
         return found
     for gpu_class in inventory.gpu_classes:

@@ -100,7 +100,7 @@ def vllm_lora_slots(adapters: int) -> int:
 
 
 def tgi_max_input_tokens(context_length: int) -> int:
-    """Leave at least a quarter of the context (at most 2048 tokens) for the answer."""
+    """Leave half the context, at most 2048 tokens, for the answer (TGI needs max input < max total)."""
     return context_length - min(context_length // 2, 2048)
 
 
