@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
@@ -80,3 +82,25 @@ def namespace(api_client: Any, control_plane: ControlPlane) -> Iterator[str]:
     poll_until(default_service_account, 60, f"service account default in {name}")
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crd(api_client: Any) -> None:
+    ext = kube_client.ApiextensionsV1Api(api_client)
+    body = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "crds" / "llamadeployments.llamaops.io.yaml").read_text()
+    )
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+    def established() -> bool | None:
+        conditions = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
+        return True if any(c.type == "Established" and c.status == "True" for c in conditions) else None
+
+    poll_until(established, 30, "the CRD to be established")

@@ -135,6 +135,31 @@ def test_gpu_deployment_is_scheduled_onto_l40s_nodes_and_becomes_ready(api_clien
     assert all(pod.status.phase == "Running" for pod in pods)
 
 
+def test_deleted_pod_on_a_fake_node_goes_away_and_is_replaced(api_client: Any, namespace: str) -> None:
+    apps = kube_client.AppsV1Api(api_client)
+    core = kube_client.CoreV1Api(api_client)
+    apps.create_namespaced_deployment(namespace, body=gpu_deployment("llama-h100", 1, "NVIDIA-H100-80GB-HBM3"))
+
+    def one_ready_pod() -> str | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=llama-h100").items
+        ready = [
+            pod.metadata.name
+            for pod in pods
+            if pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
+        ]
+        return ready[0] if len(pods) == 1 and ready else None
+
+    first = poll_until(one_ready_pod, 90, "one running llama-h100 pod")
+    core.delete_namespaced_pod(first, namespace)
+
+    def replaced() -> str | None:
+        pod = one_ready_pod()
+        return pod if pod is not None and pod != first else None
+
+    second = poll_until(replaced, 90, f"pod {first} to be gone and replaced")
+    assert second != first
+
+
 def test_pod_needing_more_gpus_than_any_node_stays_pending(api_client: Any, namespace: str) -> None:
     core = kube_client.CoreV1Api(api_client)
     most_gpus_on_a_node = max(int(pool.capacity.get(GPU, "0")) for pool in load_node_pools())

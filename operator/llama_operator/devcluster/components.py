@@ -6,7 +6,7 @@ else is TLS with the dev cluster's CA (see ``certs.py``).
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from llama_operator.devcluster.certs import ClusterCertificates
@@ -45,9 +45,6 @@ class ControlPlanePorts:
             if port not in chosen:
                 chosen.append(port)
         return cls(*chosen)
-
-    def all_ports(self) -> tuple[int, ...]:
-        return astuple(self)
 
 
 def loopback_url(scheme: str, port: int, path: str = "") -> str:
@@ -90,6 +87,14 @@ def apiserver_command(apiserver: Path, certificates: ClusterCertificates, ports:
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
         "--profiling=false",
+        # Front-proxy (aggregation) settings: nothing proxies here, but with them the apiserver
+        # publishes a complete extension-apiserver-authentication ConfigMap, which the
+        # scheduler and controller-manager read for delegated authentication.
+        f"--requestheader-client-ca-file={certificates.ca.cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
     ]
 
 

@@ -21,6 +21,7 @@ from typing import Self
 from kubernetes.client import ApiClient, Configuration
 
 from llama_operator.devcluster import components
+from llama_operator.devcluster.api_readiness import wait_for_nodes_ready, wait_for_service_account
 from llama_operator.devcluster.binaries import ControlPlaneBinaries, find_binaries
 from llama_operator.devcluster.certs import (
     ADMIN,
@@ -35,7 +36,6 @@ from llama_operator.devcluster.pools import (
     create_pool_nodes,
     load_node_pools,
     pool_node_manifests,
-    wait_for_nodes_ready,
 )
 from llama_operator.devcluster.processes import HealthEndpoint, ManagedProcess, client_tls_context
 
@@ -163,6 +163,9 @@ class ControlPlane:
             self._start_kwok(binaries)
             waited = wait_for_nodes_ready(api_client, self.node_names, self.startup_timeout_seconds)
             LOGGER.info("[%5.1fs] %d pool nodes Ready after %.1fs", self._elapsed(), len(self.node_names), waited)
+            # Pods are refused until their namespace's service account exists.
+            waited = wait_for_service_account(api_client, "default", "default", self.startup_timeout_seconds)
+            LOGGER.info("[%5.1fs] service account default/default present after %.1fs", self._elapsed(), waited)
         LOGGER.info(
             "[%5.1fs] control plane ready at %s (kubeconfig %s)", self._elapsed(), self.server_url, self.kubeconfig_path
         )

@@ -8,7 +8,6 @@ manages only nodes with the ``llamaops.io/kwok=true`` label, plays their kubelet
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from kubernetes.client import ApiClient, CoreV1Api, V1Node
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llama_operator.devcluster.errors import NodePoolsError, ReadinessTimeoutError
+from llama_operator.devcluster.errors import NodePoolsError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -27,7 +26,6 @@ KWOK_MANAGED_LABEL = "llamaops.io/kwok"
 NODE_POOL_LABEL = "llamaops.io/node-pool"
 KWOK_MANAGED_SELECTOR = f"{KWOK_MANAGED_LABEL}=true"
 DEFAULT_MAX_PODS = "110"
-POLL_INTERVAL_SECONDS = 0.5
 HTTP_CONFLICT = 409
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -129,32 +127,3 @@ def create_pool_nodes(api_client: ApiClient, manifests: Iterable[Mapping[str, An
             LOGGER.info("node %s already exists; keeping it", name)
         names.append(name)
     return names
-
-
-def is_node_ready(node: V1Node) -> bool:
-    conditions = (node.status.conditions if node.status is not None else None) or []
-    return any(condition.type == "Ready" and condition.status == "True" for condition in conditions)
-
-
-def not_ready_nodes(api_client: ApiClient, names: Iterable[str]) -> list[str]:
-    """Which of ``names`` do not (yet) report Ready=True."""
-    nodes = CoreV1Api(api_client).list_node(label_selector=KWOK_MANAGED_SELECTOR).items
-    ready = {node.metadata.name for node in nodes if node.metadata is not None and is_node_ready(node)}
-    return sorted(set(names) - ready)
-
-
-def wait_for_nodes_ready(api_client: ApiClient, names: Iterable[str], timeout_seconds: float) -> float:
-    """Poll until every named node is Ready; returns the seconds it took."""
-    wanted = list(names)
-    started = time.monotonic()
-    deadline = started + timeout_seconds
-    while True:
-        waiting = not_ready_nodes(api_client, wanted)
-        if not waiting:
-            return time.monotonic() - started
-        if time.monotonic() >= deadline:
-            raise ReadinessTimeoutError(
-                f"nodes not Ready after {timeout_seconds:.0f}s: {', '.join(waiting)}; "
-                "look at the kwok and kube-controller-manager logs in the work dir"
-            )
-        time.sleep(POLL_INTERVAL_SECONDS)
