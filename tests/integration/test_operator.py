@@ -21,7 +21,6 @@ from llama_operator.devcluster import ControlPlane
 from tests.integration.conftest import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "llamadeployments.llamaops.io.yaml"
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
 # Example -> the pool its pods must land on (the pool's `nvidia.com/gpu.product`, or cpu).
@@ -93,26 +92,6 @@ class OperatorProcess:
     def log_tail(self) -> str:
         path = self.log_dir / f"operator-{self.starts}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-40:]) if path.exists() else ""
-
-
-@pytest.fixture(scope="module")
-def crd(api_client: Any) -> None:
-    ext = kube_client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-
-    def established() -> bool | None:
-        conditions = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
-        return True if any(c.type == "Established" and c.status == "True" for c in conditions) else None
-
-    poll_until(established, 30, "the CRD to be established")
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,7 @@ def test_exclusive_minimum_is_the_openapi_v3_flag() -> None:
 
 def test_passthrough_fields_keep_what_users_write() -> None:
     scheduling = schema_at(spec_schema(), "scheduling")
-    assert scheduling["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    assert scheduling["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string", "maxLength": 63}
     assert scheduling["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
     assert scheduling["properties"]["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
 

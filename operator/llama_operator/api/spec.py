@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 
@@ -54,7 +54,7 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 class CamelModel(BaseModel):
     """Base of every API model: camelCase on the wire, unknown keys refused."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True)
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,10 @@ class Autoscaling(RuledModel):
     )
     query: str | None = Field(default=None, max_length=4096, description="Custom PromQL returning one number.")
     prometheus_url: str | None = Field(
-        default=None, pattern=r"^https?://[^\s]+$", description="Overrides the operator-wide Prometheus URL."
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+        description="Overrides the operator-wide Prometheus URL.",
     )
     prometheus_auth_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Bearer token for Prometheus, from a Secret in this namespace."
@@ -355,9 +358,11 @@ class LocalObjectReference(CamelModel):
 class Scheduling(CamelModel):
     """Passed through to the pods as written."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels the pods require.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, description="Extra node labels the pods require."
+    )
     tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="Extra tolerations (core/v1 Toleration)."
+        default_factory=list, max_length=32, description="Extra tolerations (core/v1 Toleration)."
     )
     affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (core/v1 Affinity).")
 
@@ -417,6 +422,17 @@ class LlamaDeploymentSpec(RuledModel):
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Secrets for pulling the engine image."
     )
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapter_names(cls, adapters: list[Adapter]) -> list[Adapter]:
+        """The CRD keys the list by name (the apiserver says "Duplicate value"); say the same here."""
+        names = [a.name for a in adapters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"Duplicate value: adapter names must be unique, repeated: {', '.join(duplicates)}")
+        return adapters
+
     hub_token_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret holding the model hub token; mounted as an env var from the Secret, never rendered in args.",
