@@ -81,7 +81,7 @@ class ControlPlane:
         try:
             self._start_components()
         except BaseException:
-            LOGGER.exception("control plane failed to start; stopping what was started (logs in %s)", self.logs_dir)
+            LOGGER.error("control plane failed to start; stopping what was started (logs in %s)", self.logs_dir)
             self.stop()
             raise
 
