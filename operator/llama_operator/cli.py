@@ -54,7 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
-        verbose=args.verbose,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
     run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics (0: off)")
     run.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint binds")  # noqa: S104
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    run.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     run.set_defaults(func=_cmd_run)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,20 +15,42 @@ from llama_operator.operator_config import load_config
 from llama_operator.reconcile import OperatorContext
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines in the cluster."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+
+
 def run_operator(
     *,
     config_path: Path | None,
     namespaces: list[str],
     liveness: str | None,
     metrics_port: int,
-    verbose: bool,
     metrics_host: str,
+    log_level: str = "info",
+    log_format: str = "text",
     kubeconfig: str | None = None,
 ) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, log_format)
     config = load_config(config_path)
     context = OperatorContext(kube=Kube.from_environment(kubeconfig), config=config)
     if metrics_port:

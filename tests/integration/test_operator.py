@@ -55,7 +55,7 @@ class OperatorProcess:
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_operator.cli", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
-             "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "--verbose"],
+             "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "--log-level", "debug"],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,
