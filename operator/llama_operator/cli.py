@@ -1,4 +1,4 @@
-"""`llama-operator run | plan | crds`."""
+"""`llama-operator run | plan | crds | dev`."""
 
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_dev(args: argparse.Namespace) -> int:
+    import tempfile  # noqa: PLC0415
+
+    from llama_operator.devcluster.dev import run_dev  # noqa: PLC0415 - only `dev` needs the control plane
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llama-operator-dev-"))
+    return run_dev(workdir, args.examples, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llama-operator", description=__doc__)
     parser.add_argument("--config", type=Path, help="operator settings YAML (GPU classes, costs, images)")
@@ -81,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     run.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     run.set_defaults(func=_cmd_run)
+    dev = commands.add_parser(
+        "dev", help="run a local control plane with fake GPU pools, the operator and the examples; Ctrl-C stops all"
+    )
+    dev.add_argument("--examples", type=Path, default=Path("manifests/examples"), help="LlamaDeployments to apply")
+    dev.add_argument(
+        "--workdir", type=Path, help="where certificates, logs and the kubeconfig go (default: a temp dir)"
+    )
+    dev.set_defaults(func=_cmd_dev)
     return parser
 
 

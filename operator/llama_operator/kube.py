@@ -29,6 +29,9 @@ PLURALS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     (f"{GROUP}/{VERSION}", "LlamaDeployment"): PLURAL,
+    ("v1", "Namespace"): "namespaces",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
 }
 
 

@@ -1,0 +1,202 @@
+"""`llama-operator dev`: the local control plane, the operator, the examples, and a live placement table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import yaml
+
+from llama_operator.api.crd import build_crd
+from llama_operator.api.spec import GROUP, KIND, VERSION
+from llama_operator.devcluster.controlplane import ControlPlane
+from llama_operator.devcluster.pools import NODE_POOL_LABEL
+from llama_operator.kube import Kube
+from llama_operator.render import LABEL_DEPLOYMENT
+
+LOGGER = logging.getLogger(__name__)
+DEMO_NAMESPACE = "demo"
+OPERATOR_STOP_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    engine: str
+    gpus: str
+    pools: str
+    ready: str
+    phase: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait(check: Callable[[], bool], timeout_seconds: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_seconds:
+            raise TimeoutError(f"timed out after {timeout_seconds:.0f}s waiting for {what}")
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def install_crd(kube: Kube) -> None:
+    body = build_crd()
+    kube.apply(body)
+
+    def established() -> bool:
+        crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, body["metadata"]["name"]) or {}
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    _wait(established, 30, "the LlamaDeployment CRD to be established")
+
+
+def apply_examples(kube: Kube, examples_dir: Path, namespace: str) -> list[str]:
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    _wait(
+        lambda: kube.get("v1", "ServiceAccount", namespace, "default") is not None,
+        60,
+        f"the default service account of namespace {namespace}",
+    )
+    names = []
+    for path in sorted(examples_dir.glob("*.yaml")):
+        for manifest in yaml.safe_load_all(path.read_text()):
+            if manifest and manifest.get("kind") == KIND:
+                manifest["metadata"]["namespace"] = namespace
+                kube.apply(manifest)
+                names.append(manifest["metadata"]["name"])
+    return names
+
+
+@contextmanager
+def operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`llama-operator run` against the dev cluster, stopped (SIGTERM, then SIGKILL) on exit."""
+    liveness = _free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_operator.cli", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
+             "--metrics-port", str(_free_port()), "--metrics-host", "127.0.0.1"],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+
+            def alive() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the operator exited with status {process.returncode}; see {log_path}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2) as response:
+                        return bool(response.status == 200)
+                except OSError:
+                    return False
+
+            _wait(alive, 60, "the operator's liveness endpoint")
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=OPERATOR_STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def placement_rows(kube: Kube, namespace: str) -> list[Row]:
+    nodes = kube.list("v1", "Node", None)
+    pool_of = {n["metadata"]["name"]: n["metadata"].get("labels", {}).get(NODE_POOL_LABEL, "?") for n in nodes}
+    rows = []
+    for item in kube.list(f"{GROUP}/{VERSION}", KIND, namespace):
+        name = item["metadata"]["name"]
+        status = item.get("status") or {}
+        pods = kube.list("v1", "Pod", namespace, f"{LABEL_DEPLOYMENT}={name}")
+        placed = {pool_of.get(p["spec"].get("nodeName", ""), "pending") for p in pods}
+        rows.append(
+            Row(
+                name=name,
+                engine=str(status.get("engine") or "-"),
+                gpus=str(status.get("gpus") or "-"),
+                pools=",".join(sorted(placed)) or "-",
+                ready=str(status.get("ready") or "-"),
+                phase=str(status.get("phase") or "Pending"),
+            )
+        )
+    return sorted(rows, key=lambda r: r.name)
+
+
+def format_rows(rows: list[Row]) -> str:
+    header = Row("NAME", "ENGINE", "GPUS", "NODE POOL", "READY", "PHASE")
+    table = [header, *rows]
+    fields = ("name", "engine", "gpus", "pools", "ready", "phase")
+    widths = {f: max(len(getattr(r, f)) for r in table) for f in fields}
+    return "\n".join("  ".join(getattr(r, f).ljust(widths[f]) for f in fields).rstrip() for r in table)
+
+
+class _StopRequestedError(Exception):
+    """SIGTERM asks `dev` to tear down like Ctrl-C does."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _StopRequestedError
+
+
+def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: float = 2.0) -> int:
+    """Bring everything up, print the table whenever it changes, tear everything down on Ctrl-C."""
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        out.write(f"[{time.monotonic() - started:6.1f}s] {message}\n")
+        out.flush()
+
+    previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
+    plane = ControlPlane(workdir)
+    try:
+        say(f"starting the control plane in {workdir} (logs in {plane.logs_dir})")
+        plane.start()
+        say(f"control plane ready; kubeconfig: {plane.kubeconfig_path}")
+        say(f"  try: kubectl --kubeconfig {plane.kubeconfig_path} get llamad -n {DEMO_NAMESPACE}")
+        with plane.new_api_client() as api_client:
+            kube = Kube(api_client)
+            install_crd(kube)
+            say("CRD llamadeployments.llamaops.io installed")
+            with operator_process(plane.kubeconfig_path, workdir / "operator.log"):
+                say(f"operator running (log: {workdir / 'operator.log'})")
+                names = apply_examples(kube, examples_dir, DEMO_NAMESPACE)
+                say(
+                    f"applied {len(names)} examples from {examples_dir} to namespace {DEMO_NAMESPACE}: {', '.join(names)}"
+                )
+                say("watching; press Ctrl-C to stop and tear everything down")
+                shown = ""
+                while True:
+                    table = format_rows(placement_rows(kube, DEMO_NAMESPACE))
+                    if table != shown:
+                        say("LlamaDeployments:\n" + table)
+                        shown = table
+                    time.sleep(refresh_seconds)
+    except (KeyboardInterrupt, _StopRequestedError):
+        say("stopping")
+    finally:
+        plane.stop()
+        signal.signal(signal.SIGTERM, previous_handler)
+        say("control plane stopped; nothing left running")
+    return 0
