@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+import httpx
 import kopf
 
+from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
+from llama_operator.api.status import SCALING_ACTIVE
+from llama_operator.autoscale.evaluate import evaluate
+from llama_operator.autoscale.evaluate import status_patch as autoscale_status_patch
 from llama_operator.kube import Kube, KubeError
 from llama_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, forget_deployment
 from llama_operator.operator_config import OperatorConfig
@@ -25,6 +31,7 @@ from llama_operator.reconcile import (
 from llama_operator.render import LABEL_DEPLOYMENT
 
 DRIFT_INTERVAL_SECONDS = 20.0
+DEFAULT_EVALUATION_SECONDS = 15.0
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
 
 
@@ -124,6 +131,60 @@ async def child_pod(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     name, namespace = body.metadata.labels.get(LABEL_DEPLOYMENT), body.metadata.namespace
     if name and namespace:
         await _refresh(name, namespace, memo, logger, apply=False)
+
+
+def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+async def _autoscale_once(ctx: OperatorContext, http: httpx.AsyncClient, body: kopf.Body, logger: kopf.Logger) -> float:
+    """One evaluation; returns the seconds until the next."""
+    meta = body.metadata
+    name, namespace = str(meta.name), str(meta.namespace)
+    try:
+        spec = parse_spec(body.spec)
+    except InvalidSpecError:
+        return DEFAULT_EVALUATION_SECONDS  # the reconcile handler reports the spec
+    was_active = next(
+        (c.get("status") for c in body.status.get("conditions") or [] if c.get("type") == SCALING_ACTIVE), None
+    )
+    try:
+        evaluation = await evaluate(
+            ctx.kube,
+            http,
+            name=name,
+            namespace=namespace,
+            spec=spec,
+            status=body.status,
+            default_prometheus_url=ctx.config.prometheus_url,
+            generation=int(meta.get("generation") or 0),
+            now=time.time(),
+        )
+        await asyncio.to_thread(
+            ctx.kube.patch_llamadeployment_status, namespace, name, autoscale_status_patch(evaluation)
+        )
+    except KubeError as error:
+        logger.warning("autoscaling %s/%s: %s", namespace, name, error)
+        return float(spec.autoscaling.evaluation_interval_seconds)
+    decision = evaluation.decision
+    if evaluation.scaled:
+        logger.info("scaled %s: %s (metric=%s)", name, decision.reason, decision.metric)
+        kopf.info(body, reason="ScaledUp" if decision.action == "up" else "ScaledDown", message=decision.reason)
+    if not decision.metrics_available and was_active != "False":
+        kopf.warn(body, reason="MetricsUnavailable", message=evaluation.status.reason)
+    return float(spec.autoscaling.evaluation_interval_seconds)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="autoscaler", when=_autoscaling_enabled, cancellation_timeout=10.0)
+async def autoscaler(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Evaluate the queue metrics every evaluationIntervalSeconds while autoscaling is enabled."""
+    ctx = _context(memo)
+    async with httpx.AsyncClient() as http:
+        while not stopped:
+            interval = await _autoscale_once(ctx, http, body, logger)
+            await stopped.wait(interval)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)

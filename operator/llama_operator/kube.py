@@ -159,6 +159,14 @@ class Kube:
         return True
 
     @mapped
+    def scale_llamadeployment(self, namespace: str, name: str, replicas: int) -> Manifest:
+        """Write replicas through the scale subresource, as `kubectl scale` and an HPA would."""
+        path = resource_path(f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name) + "/scale"
+        return self._call(
+            "PATCH", path, body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json"
+        )
+
+    @mapped
     def patch_llamadeployment_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
         path = resource_path(f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name) + "/status"
         return self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

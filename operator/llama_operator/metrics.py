@@ -29,3 +29,12 @@ def record_phase(namespace: str, name: str, phase: str) -> None:
 def forget_deployment(namespace: str, name: str) -> None:
     for candidate in PHASES:
         DEPLOYMENT_PHASE.remove(namespace, name, candidate)
+
+
+SCALING_DECISIONS = Counter(
+    "llama_operator_scaling_decisions_total", "Autoscaling evaluations, by action (up, down, hold).", ["action"]
+)
+SCALING_METRIC = Gauge(
+    "llama_operator_scaling_metric", "The summed queue metric of the last evaluation.", ["namespace", "name"]
+)
+PROMETHEUS_ERRORS = Counter("llama_operator_prometheus_errors_total", "Prometheus queries that failed.")

@@ -58,7 +58,7 @@ class OperatorConfig(_Settings):
     cpu_cost_per_replica: float = Field(default=DEFAULT_CPU_CLASS.cost_per_replica, gt=0)
     cpu_memory_gib: float = Field(default=DEFAULT_CPU_CLASS.memory_bytes / GIB, gt=0)
     images: dict[str, str] = Field(default_factory=dict, description="Overrides of EngineImages fields.")
-    prometheus_url: str | None = None
+    prometheus_url: str | None = Field(default=None, description="Default Prometheus for autoscaling.")
 
     def class_list(self) -> tuple[GpuClass, ...]:
         return tuple(c.to_class() for c in self.gpu_classes)

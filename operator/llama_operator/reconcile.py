@@ -110,7 +110,8 @@ async def reconcile(
 
 
 def status_patch(outcome: Outcome) -> Manifest:
-    patch: Manifest = outcome.status.model_dump(by_alias=True, mode="json")
+    # status.autoscaling belongs to the autoscaler; leave it out so a merge patch never erases it.
+    patch: Manifest = outcome.status.model_dump(by_alias=True, mode="json", exclude={"autoscaling"})
     return patch
 
 

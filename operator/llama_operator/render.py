@@ -246,6 +246,8 @@ def render_service_monitor(inp: EngineInput, engine: EngineContainer, namespace:
         "spec": {
             "selector": {"matchLabels": {**selector_labels(inp.name), "app.kubernetes.io/managed-by": MANAGED_BY}},
             "endpoints": [{"port": HTTP_PORT_NAME, "path": engine.metrics_path, "interval": "15s"}],
+            # The autoscaler's queries select pods by this label (as `llamaops_io_deployment`).
+            "podTargetLabels": [LABEL_DEPLOYMENT],
         },
     }
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from llama_operator.api.status import Condition, ConditionStatus
 
-CONDITION_ORDER = ("Ready", "Fits", "Progressing", "Degraded", "AdapterRollout")
+CONDITION_ORDER = ("Ready", "Fits", "Progressing", "Degraded", "AdapterRollout", "ScalingActive")
 
 
 def make_condition(

@@ -17,6 +17,7 @@ FITS = "Fits"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 ADAPTER_ROLLOUT = "AdapterRollout"
+SCALING_ACTIVE = "ScalingActive"
 
 # Reasons (CamelCase constants; each message says what to do next).
 REASON_INVALID_SPEC = "InvalidSpec"
@@ -30,6 +31,8 @@ REASON_UNSCHEDULABLE = "Unschedulable"
 REASON_CRASHING = "ContainerCrashing"
 REASON_HEALTHY = "Healthy"
 REASON_SCALED_TO_ZERO = "ScaledToZero"
+REASON_SCALING_ACTIVE = "MetricsAvailable"
+REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
 
 
 class Condition(CamelModel):
@@ -69,6 +72,26 @@ class SizingStatus(CamelModel):
     cost_per_replica: float | None = Field(default=None, description="Relative cost of one replica of the plan.")
 
 
+class ScalingRecommendation(CamelModel):
+    time: int = Field(description="When (Unix seconds).")
+    replicas: int = Field(description="Replicas the metric asked for then.")
+
+
+class AutoscalingStatus(CamelModel):
+    """The autoscaler's last evaluation; its recommendations survive an operator restart here."""
+
+    desired_replicas: int = Field(description="Replicas the last evaluation asked for.")
+    current_metric: float | None = Field(default=None, description="Summed metric over the pods; null when unknown.")
+    target_per_replica: float = Field(description="Target metric value per replica.")
+    query: str = Field(description="The PromQL evaluated.")
+    reason: str = Field(description="Why the last decision.")
+    last_evaluation_time: str = Field(description="RFC 3339.")
+    last_scale_time: str | None = Field(default=None, description="When replicas were last changed (RFC 3339).")
+    recommendations: list[ScalingRecommendation] = Field(
+        default_factory=list, description="Recommendations inside the stabilization windows."
+    )
+
+
 class LlamaDeploymentStatus(CamelModel):
     observed_generation: int = Field(default=0, description="Last spec generation the operator acted on.")
     phase: Phase = Field(default="Pending", description="Pending, Progressing, Ready, Degraded or Failed.")
@@ -82,3 +105,4 @@ class LlamaDeploymentStatus(CamelModel):
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     endpoint: str | None = Field(default=None, description="In-cluster URL of the OpenAI-compatible API.")
     adapters: str | None = Field(default=None, description="Adapters served, as name@version.")
+    autoscaling: AutoscalingStatus | None = Field(default=None, description="The autoscaler's last decision.")
