@@ -344,9 +344,45 @@ class Autoscaling(RuledModel):
 class Adapter(CamelModel):
     name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Adapter name clients send as `model`.")
     source: str = Field(pattern=SOURCE_PATTERN, max_length=2048, description="Where the adapter comes from.")
-    version: str = Field(min_length=1, max_length=128, description="Version or digest; a change rolls the adapter.")
+    version: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$",
+        description="Version or digest (letters, digits, . _ : + -); a change rolls the adapter out.",
+    )
     rank: int | None = Field(default=None, ge=1, le=512, description="LoRA rank, checked against the engine limit.")
     base_model: str | None = Field(default=None, max_length=253, description="Guard: the base model it was trained on.")
+
+
+class SmokeRequest(CamelModel):
+    """A chat request each new adapter must answer on a fresh pod before that pod takes traffic."""
+
+    prompt: str = Field(default="Say hello.", min_length=1, max_length=4096, description="User message sent.")
+    max_tokens: int = Field(default=8, ge=1, le=1024, description="Tokens to generate.")
+    expected_status: int = Field(default=200, ge=100, le=599, description="HTTP status the engine must answer.")
+    expected_substring: str | None = Field(
+        default=None, max_length=1024, description="Text the reply must contain (none: any reply with tokens)."
+    )
+    timeout_seconds: int = Field(default=60, ge=1, le=600, description="How long one smoke request may take.")
+
+
+class MetricGate(CamelModel):
+    """A PromQL check after the canary: an error ratio above the limit rolls back."""
+
+    query: str = Field(max_length=4096, description="PromQL returning one number (for example an error ratio).")
+    max_value: float = Field(ge=0, description="Roll back when the query returns more than this.")
+    window_seconds: int = Field(default=60, ge=0, le=3600, description="Watch the canary this long before deciding.")
+
+
+class AdapterRolloutPolicy(CamelModel):
+    strategy: Literal["Canary", "AllAtOnce"] = Field(
+        default="Canary", description="Canary: one pod (or canaryReplicas) first, gated; AllAtOnce: every pod at once."
+    )
+    canary_replicas: int = Field(default=1, ge=1, le=100, description="Pods that take the new adapters first.")
+    smoke_request: SmokeRequest = Field(default_factory=SmokeRequest, description="Request every new pod must pass.")
+    metric_gate: MetricGate | None = Field(default=None, description="Optional Prometheus check after the canary.")
+    pause_seconds: int = Field(default=0, ge=0, le=3600, description="Wait between pods after the canary.")
+    timeout_seconds: int = Field(default=1800, ge=30, le=86400, description="Roll back when not done in time.")
 
 
 class LocalObjectReference(CamelModel):
@@ -417,6 +453,9 @@ class LlamaDeploymentSpec(RuledModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-based autoscaling.")
     adapters: list[Adapter] = Field(
         default_factory=list, max_length=32, description="LoRA adapters served beside the base model."
+    )
+    adapter_rollout: AdapterRolloutPolicy = Field(
+        default_factory=AdapterRolloutPolicy, description="How adapter changes roll out and roll back."
     )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Node selection passthrough.")
     image_pull_secrets: list[LocalObjectReference] = Field(

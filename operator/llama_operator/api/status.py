@@ -32,6 +32,9 @@ REASON_CRASHING = "ContainerCrashing"
 REASON_HEALTHY = "Healthy"
 REASON_SCALED_TO_ZERO = "ScaledToZero"
 REASON_SCALING_ACTIVE = "MetricsAvailable"
+REASON_ROLLED_BACK = "RolledBack"
+REASON_ADAPTERS_ROLLING = "Progressing"
+REASON_ADAPTERS_SERVING = "Serving"
 REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
 
 
@@ -92,6 +95,26 @@ class AutoscalingStatus(CamelModel):
     )
 
 
+AdapterRolloutPhase = Literal["Idle", "Progressing", "Succeeded", "RolledBack"]
+
+
+class AdapterRolloutStatus(CamelModel):
+    """Progress of an adapter rollout; an operator restart resumes from here."""
+
+    phase: AdapterRolloutPhase = Field(default="Idle", description="Idle, Progressing, Succeeded or RolledBack.")
+    target: list[str] = Field(default_factory=list, description="The adapter set being rolled out (name@version).")
+    serving: list[str] = Field(default_factory=list, description="The set the pods are rendered with now.")
+    last_good: list[str] = Field(default_factory=list, description="The last set that passed every check.")
+    failed: list[str] = Field(
+        default_factory=list, description="Sets that failed (joined by ','); not retried until the spec changes."
+    )
+    step: str = Field(default="", description="What the rollout waits for.")
+    verified_pods: list[str] = Field(default_factory=list, description="Pods that passed the smoke request.")
+    start_time: str | None = Field(default=None, description="When the rollout started (RFC 3339).")
+    canary_verified_time: str | None = Field(default=None, description="When the canary passed (RFC 3339).")
+    message: str = Field(default="", description="The last check's outcome.")
+
+
 class LlamaDeploymentStatus(CamelModel):
     observed_generation: int = Field(default=0, description="Last spec generation the operator acted on.")
     phase: Phase = Field(default="Pending", description="Pending, Progressing, Ready, Degraded or Failed.")
@@ -106,3 +129,4 @@ class LlamaDeploymentStatus(CamelModel):
     endpoint: str | None = Field(default=None, description="In-cluster URL of the OpenAI-compatible API.")
     adapters: str | None = Field(default=None, description="Adapters served, as name@version.")
     autoscaling: AutoscalingStatus | None = Field(default=None, description="The autoscaler's last decision.")
+    adapter_rollout: AdapterRolloutStatus | None = Field(default=None, description="Adapter rollout progress.")
