@@ -1,0 +1,151 @@
+"""The adapter rollout state machine: canary, gates, rollback, no retry of a failed set, resume."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from llama_operator.adapters.rollout import (
+    EvaluateMetricGate,
+    PodView,
+    RollbackNotice,
+    RolloutState,
+    SmokeTest,
+    adapter_key,
+    step_rollout,
+)
+from llama_operator.api.spec import Adapter, AdapterRolloutPolicy, MetricGate
+
+V1 = (Adapter(name="support", source="s3://b/support", version="v1"),)
+V2 = (Adapter(name="support", source="s3://b/support", version="v2"),)
+V3 = (Adapter(name="support", source="s3://b/support", version="v3"),)
+CANARY = AdapterRolloutPolicy()
+T0 = 1000.0
+
+
+def pod(name: str, adapters: tuple[Adapter, ...], gate: str = "Unknown", **fields: object) -> PodView:
+    return PodView(name=name, adapters=adapter_key(adapters), containers_ready=True, gate=gate, **fields)  # type: ignore[arg-type]
+
+
+def serving_v1() -> RolloutState:
+    return RolloutState(phase="Succeeded", target=adapter_key(V1), serving=V1, last_good=V1)
+
+
+def test_a_new_object_starts_with_its_adapters_and_smoke_tests_pods() -> None:
+    step = step_rollout(V1, RolloutState(), [pod("a", V1)], replicas=1, policy=CANARY, now=T0)
+    assert step.state.phase == "Progressing"
+    assert step.state.serving == V1
+    assert step.actions == (SmokeTest("a"),)
+    done = step_rollout(V1, step.state, [pod("a", V1, "True")], replicas=1, policy=CANARY, now=T0 + 5)
+    assert done.state.phase == "Succeeded"
+    assert done.state.last_good == V1
+
+
+def test_canary_is_tested_alone_then_the_rest() -> None:
+    start = step_rollout(V2, serving_v1(), [pod("old-1", V1, "True"), pod("old-2", V1, "True")], replicas=2,
+                         policy=CANARY, now=T0)  # fmt: skip
+    assert start.state.serving == V2
+    assert start.state.step == "Canary"
+    pods = [pod("old-1", V1, "True"), pod("old-2", V1, "True"), pod("new-1", V2), pod("new-2", V2)]
+    canary = step_rollout(V2, start.state, pods, replicas=2, policy=CANARY, now=T0 + 10)
+    assert canary.actions == (SmokeTest("new-1"),)
+    pods = [pod("old-2", V1, "True"), pod("new-1", V2, "True"), pod("new-2", V2)]
+    rolling = step_rollout(V2, canary.state, pods, replicas=2, policy=CANARY, now=T0 + 20)
+    assert rolling.state.step == "Rolling"
+    assert rolling.actions == (SmokeTest("new-2"),)
+    pods = [pod("new-1", V2, "True"), pod("new-2", V2, "True")]
+    done = step_rollout(V2, rolling.state, pods, replicas=2, policy=CANARY, now=T0 + 30)
+    assert done.state.phase == "Succeeded"
+    assert done.state.last_good == V2
+
+
+def test_failed_smoke_rolls_back_and_is_not_retried() -> None:
+    start = step_rollout(V3, serving_v1(), [pod("old", V1, "True")], replicas=1, policy=CANARY, now=T0)
+    failed = step_rollout(V3, start.state, [pod("old", V1, "True"), pod("new", V3, "False", gate_message="HTTP 500")],
+                          replicas=1, policy=CANARY, now=T0 + 10)  # fmt: skip
+    assert failed.state.phase == "RolledBack"
+    assert failed.state.serving == V1
+    assert adapter_key(V3) in failed.state.failed
+    assert isinstance(failed.actions[0], RollbackNotice)
+    assert "HTTP 500" in failed.actions[0].reason
+    again = step_rollout(V3, failed.state, [pod("old", V1, "True")], replicas=1, policy=CANARY, now=T0 + 20)
+    assert again.state.serving == V1
+    assert again.state.phase == "RolledBack"
+    assert again.actions == ()
+    assert "HTTP 500" in again.state.message
+    fresh = step_rollout(V2, again.state, [pod("old", V1, "True")], replicas=1, policy=CANARY, now=T0 + 30)
+    assert fresh.state.phase == "Progressing"
+    assert fresh.state.serving == V2
+    back_to_bad = step_rollout(V3, fresh.state, [pod("old", V1, "True")], replicas=1, policy=CANARY, now=T0 + 40)
+    assert back_to_bad.state.serving == V1
+    assert "until the spec changes" in back_to_bad.state.message
+
+
+def test_crashing_new_pod_rolls_back() -> None:
+    start = step_rollout(V3, serving_v1(), [], replicas=1, policy=CANARY, now=T0)
+    crashed = pod("new", V3, crash_message="error: failed to load adapter")
+    step = step_rollout(V3, start.state, [pod("old", V1, "True"), crashed], replicas=1, policy=CANARY, now=T0 + 5)
+    assert step.state.phase == "RolledBack"
+    assert "failed to load adapter" in step.state.message
+
+
+def test_timeout_rolls_back() -> None:
+    policy = AdapterRolloutPolicy(timeout_seconds=60)
+    start = step_rollout(V2, serving_v1(), [], replicas=1, policy=policy, now=T0)
+    late = step_rollout(V2, start.state, [pod("old", V1, "True")], replicas=1, policy=policy, now=T0 + 61)
+    assert late.state.phase == "RolledBack"
+    assert "not done after 60s" in late.state.message
+
+
+def test_metric_gate_waits_its_window_then_decides() -> None:
+    policy = AdapterRolloutPolicy(metric_gate=MetricGate(query="errors", max_value=0.05, window_seconds=30))
+    start = step_rollout(V2, serving_v1(), [], replicas=2, policy=policy, now=T0)
+    pods = [pod("old", V1, "True"), pod("new-1", V2, "True")]
+    watching = step_rollout(V2, start.state, pods, replicas=2, policy=policy, now=T0 + 5)
+    assert watching.state.step == "MetricGate"
+    assert watching.actions == ()
+    ask = step_rollout(V2, watching.state, pods, replicas=2, policy=policy, now=T0 + 40)
+    assert ask.actions == (EvaluateMetricGate(),)
+    bad = step_rollout(V2, ask.state, pods, replicas=2, policy=policy, now=T0 + 40, gate_value=0.2)
+    assert bad.state.phase == "RolledBack"
+    good = step_rollout(
+        V2, ask.state, [*pods, pod("new-2", V2)], replicas=2, policy=policy, now=T0 + 40, gate_value=0.0
+    )
+    assert good.state.step == "Rolling"
+    assert good.actions == (SmokeTest("new-2"),)
+
+
+def test_resume_after_restart_repeats_nothing_done() -> None:
+    """The state in status is all an operator needs: re-running a step is idempotent."""
+    start = step_rollout(V2, serving_v1(), [], replicas=2, policy=CANARY, now=T0)
+    pods = [pod("old-2", V1, "True"), pod("new-1", V2, "True"), pod("new-2", V2)]
+    first = step_rollout(V2, start.state, pods, replicas=2, policy=CANARY, now=T0 + 10)
+    again = step_rollout(V2, first.state, pods, replicas=2, policy=CANARY, now=T0 + 11)
+    assert first.state.serving == again.state.serving == V2
+    assert first.state.verified_pods == again.state.verified_pods == ("new-1",)
+    assert again.actions == (SmokeTest("new-2"),)
+
+
+def test_steady_state_smoke_tests_restarted_pods() -> None:
+    state = serving_v1()
+    step = step_rollout(V1, state, [pod("a", V1, "True"), pod("b", V1)], replicas=2, policy=CANARY, now=T0)
+    assert step.actions == (SmokeTest("b"),)
+    assert step.state == state
+
+
+def test_all_at_once_tests_every_new_pod() -> None:
+    policy = AdapterRolloutPolicy(strategy="AllAtOnce")
+    start = step_rollout(V2, serving_v1(), [], replicas=3, policy=policy, now=T0)
+    pods = [pod(f"new-{i}", V2) for i in range(3)]
+    step = step_rollout(V2, start.state, pods, replicas=3, policy=policy, now=T0 + 5)
+    assert {a.pod for a in step.actions if isinstance(a, SmokeTest)} == {"new-0", "new-1", "new-2"}
+
+
+def test_pause_after_canary() -> None:
+    policy = AdapterRolloutPolicy(pause_seconds=30)
+    start = step_rollout(V2, serving_v1(), [], replicas=2, policy=policy, now=T0)
+    pods = [pod("old", V1, "True"), pod("new-1", V2, "True"), pod("new-2", V2)]
+    paused = step_rollout(V2, start.state, pods, replicas=2, policy=policy, now=T0 + 5)
+    assert paused.actions == ()
+    assert "pausing" in paused.state.message
+    later = step_rollout(V2, replace(paused.state), pods, replicas=2, policy=policy, now=T0 + 40)
+    assert later.actions == (SmokeTest("new-2"),)
