@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import kopf
 
+from llama_operator.adapters.rollout import ADAPTERS_ANNOTATION
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
 from llama_operator.api.status import SCALING_ACTIVE
@@ -51,70 +52,81 @@ def _context(memo: kopf.Memo) -> OperatorContext:
     return context
 
 
-async def _reconcile_and_report(
-    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, *, apply: bool
-) -> Outcome:
-    meta = body.metadata
-    ref = ObjectRef(str(meta.name), str(meta.namespace), str(meta.uid), int(meta.get("generation") or 0))
-    with RECONCILE_SECONDS.time():
-        try:
-            outcome = await reconcile(_context(memo), ref, body.spec, body.status, apply=apply)
-        except KubeError as error:
-            RECONCILE_ERRORS.labels("api").inc()
-            raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=5) from error
-    new_status = status_patch(outcome)
-    if changed(body.status, new_status):
-        patch.status.update(new_status)
+def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
+    """One pass at a time per LlamaDeployment: the main handler, the timer and child events share it."""
+    locks: dict[str, asyncio.Lock] = memo.setdefault("locks", {})
+    return locks.setdefault(f"{namespace}/{name}", asyncio.Lock())
+
+
+def _post_events(owner: dict[str, Any], before: dict[str, Any], outcome: Outcome) -> None:
+    body = kopf.Body(cast("kopf.RawBody", owner))
     sizing = outcome.status.sizing
-    before = (body.status.get("gpus"), (body.status.get("sizing") or {}).get("fits"))
-    if sizing is not None and before != (outcome.status.gpus, sizing.fits):
+    was = (before.get("gpus"), (before.get("sizing") or {}).get("fits"))
+    if sizing is not None and was != (outcome.status.gpus, sizing.fits):
         if sizing.fits:
             kopf.info(body, reason="Planned", message=decision_summary(outcome) or sizing.reason)
         else:
             kopf.warn(body, reason="DoesNotFit", message="; ".join([sizing.reason, *sizing.alternatives]))
+    for reason in outcome.rollbacks:
+        kopf.warn(body, reason="AdapterRolledBack", message=reason)
+    if outcome.invalid is not None and before.get("phase") != "Failed":
+        kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
+
+
+async def _pass(
+    ctx: OperatorContext, memo: kopf.Memo, namespace: str, name: str, logger: kopf.Logger, *, apply: bool
+) -> Outcome | None:
+    """Read the object fresh, reconcile it, write status when it changed, post events on decisions."""
+    async with _lock(memo, namespace, name):
+        owner = await asyncio.to_thread(ctx.kube.get, f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name)
+        if owner is None or owner["metadata"].get("deletionTimestamp"):
+            return None
+        meta = owner["metadata"]
+        ref = ObjectRef(name, namespace, meta["uid"], int(meta.get("generation", 0)))
+        current = owner.get("status") or {}
+        with RECONCILE_SECONDS.time():
+            outcome = await reconcile(ctx, ref, owner.get("spec") or {}, current, apply=apply)
+        new_status = status_patch(outcome)
+        if changed(current, new_status):
+            await asyncio.to_thread(ctx.kube.patch_llamadeployment_status, namespace, name, new_status)
+    _post_events(owner, current, outcome)
     if outcome.applied:
         logger.info("applied %s", ", ".join(outcome.applied))
+    for line in outcome.smoke_results:
+        logger.info("smoke request on %s", line)
     return outcome
+
+
+async def _owner_pass(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    meta = body.metadata
+    try:
+        outcome = await _pass(_context(memo), memo, str(meta.namespace), str(meta.name), logger, apply=True)
+    except KubeError as error:
+        RECONCILE_ERRORS.labels("api").inc()
+        raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=5) from error
+    if outcome is not None and outcome.invalid is not None:
+        RECONCILE_ERRORS.labels("invalid_spec").inc()
+        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
-async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    outcome = await _reconcile_and_report(body, memo, patch, logger, apply=True)
-    if outcome.invalid is not None:
-        RECONCILE_ERRORS.labels("invalid_spec").inc()
-        kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
-        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
+async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await _owner_pass(body, memo, logger)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="drift", interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-async def drift(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+async def drift(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Re-apply the children (server-side apply undoes hand edits) and refresh status."""
-    await _reconcile_and_report(body, memo, patch, logger, apply=True)
+    await _owner_pass(body, memo, logger)
 
 
-async def _refresh(name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, *, apply: bool) -> None:
-    """Reconcile a LlamaDeployment from an event of one of its children; status goes through the API."""
-    ctx = _context(memo)
+async def _child_pass(name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, *, apply: bool) -> None:
     try:
-        owner = await asyncio.to_thread(ctx.kube.get, f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name)
-        if owner is None or owner["metadata"].get("deletionTimestamp"):
-            return
-        meta = owner["metadata"]
-        ref = ObjectRef(name, namespace, meta["uid"], int(meta.get("generation", 0)))
-        current = owner.get("status") or {}
-        outcome = await reconcile(ctx, ref, owner.get("spec") or {}, current, apply=apply and planned_before(current))
-        new_status = status_patch(outcome)
-        if changed(current, new_status):
-            await asyncio.to_thread(ctx.kube.patch_llamadeployment_status, namespace, name, new_status)
+        await _pass(_context(memo), memo, namespace, name, logger, apply=apply)
     except KubeError as error:
         logger.warning("could not refresh %s/%s: %s", namespace, name, error)
-
-
-def planned_before(status: dict[str, Any]) -> bool:
-    """Children are only re-applied for objects the main handler has already planned."""
-    return bool(status.get("sizing"))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-deployment")
@@ -122,15 +134,16 @@ async def child_deployment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger
     """A Deployment of ours changed: re-apply (a hand edit is reverted at once) and refresh the owner's status."""
     name, namespace = owner_name(body), body.metadata.namespace
     if name and namespace and not body.metadata.get("deletionTimestamp"):
-        await _refresh(name, namespace, memo, logger, apply=True)
+        await _child_pass(name, namespace, memo, logger, apply=True)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED_LABELS, id="child-pod")
 async def child_pod(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A pod of ours changed (scheduled, crashed, ready): refresh the owner's status."""
+    """A pod of ours changed (scheduled, crashed, ready): refresh status; with adapters, drive the rollout."""
     name, namespace = body.metadata.labels.get(LABEL_DEPLOYMENT), body.metadata.namespace
     if name and namespace:
-        await _refresh(name, namespace, memo, logger, apply=False)
+        rollout = ADAPTERS_ANNOTATION in body.metadata.annotations
+        await _child_pass(name, namespace, memo, logger, apply=rollout)
 
 
 def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:

@@ -159,6 +159,13 @@ class Kube:
         return True
 
     @mapped
+    def set_pod_condition(self, namespace: str, name: str, condition: Manifest) -> Manifest:
+        """Set one condition of a pod (a readiness gate); conditions merge by type."""
+        path = resource_path("v1", "Pod", namespace, name) + "/status"
+        body = {"status": {"conditions": [condition]}}
+        return self._call("PATCH", path, body=body, content_type="application/strategic-merge-patch+json")
+
+    @mapped
     def scale_llamadeployment(self, namespace: str, name: str, replicas: int) -> Manifest:
         """Write replicas through the scale subresource, as `kubectl scale` and an HPA would."""
         path = resource_path(f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name) + "/scale"

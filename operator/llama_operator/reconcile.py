@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
+from llama_operator.adapters.drive import (
+    RolloutResult,
+    drive_rollout,
+    fake_node_names,
+    state_from_status,
+    status_from_state,
+)
 from llama_operator.api.parse import InvalidSpecError, parse_spec
-from llama_operator.api.status import Condition, LlamaDeploymentStatus
+from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus
 from llama_operator.kube import SERVICE_MONITOR_CRD, Kube
 from llama_operator.metrics import SIZING_DECISIONS, record_phase
 from llama_operator.operator_config import OperatorConfig
@@ -28,6 +37,7 @@ Manifest = dict[str, Any]
 class OperatorContext:
     kube: Kube
     config: OperatorConfig
+    http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)  # smoke requests and Prometheus
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ class Outcome:
     decision: SizingDecision | None
     applied: tuple[str, ...] = ()
     invalid: str | None = None
+    rollbacks: tuple[str, ...] = ()  # why adapter sets were rolled back in this pass
+    smoke_results: tuple[str, ...] = ()
 
 
 def utc_now() -> str:
@@ -60,10 +72,18 @@ def previous_conditions(status: Mapping[str, Any]) -> list[Condition]:
     return conditions
 
 
-async def cluster_inventory(ctx: OperatorContext) -> Inventory:
-    nodes = await asyncio.to_thread(ctx.kube.list, "v1", "Node", None)
+async def cluster_nodes(ctx: OperatorContext) -> list[Manifest]:
+    return await asyncio.to_thread(ctx.kube.list, "v1", "Node", None)
+
+
+def cluster_inventory(ctx: OperatorContext, nodes: list[Manifest]) -> Inventory:
     facts = [node_facts_from_manifest(n) for n in nodes]
     return inventory_from_nodes(facts, ctx.config.class_list(), ctx.config.cpu_cost_per_replica)
+
+
+def has_adapters(spec_body: Mapping[str, Any], status_body: Mapping[str, Any]) -> bool:
+    """Adapter rollouts need the full pass (smoke requests, re-renders) on pod events too."""
+    return bool(spec_body.get("adapters") or status_body.get("adapterRollout"))
 
 
 async def observe(ctx: OperatorContext, ref: ObjectRef, workload_kind: tuple[str, str]) -> Observation:
@@ -86,27 +106,64 @@ async def reconcile(
     now = utc_now()
     try:
         spec = parse_spec(spec_body)
-        inventory = await cluster_inventory(ctx)
-        decision = plan(spec, ref.name, inventory)
+        nodes = await cluster_nodes(ctx)
+        decision = plan(spec, ref.name, cluster_inventory(ctx, nodes))
     except InvalidSpecError as error:
         status = invalid_spec_status(str(error), generation=ref.generation, previous=previous, now=now)
         record_phase(ref.namespace, ref.name, status.phase)
         return Outcome(status=status, decision=None, invalid=str(error))
     SIZING_DECISIONS.labels(decision.request.engine, str(decision.fits).lower()).inc()
+    rollout: RolloutResult | None = None
+    if apply and decision.fits and has_adapters(spec_body, status_body):
+        pods = await asyncio.to_thread(ctx.kube.list, "v1", "Pod", ref.namespace, f"{LABEL_DEPLOYMENT}={ref.name}")
+        rollout = await drive_rollout(
+            ctx.kube,
+            ctx.http,
+            namespace=ref.namespace,
+            spec=spec,
+            engine=decision.request.engine,
+            served_name=spec.serving.served_model_name or ref.name,
+            state=state_from_status(status_body),
+            pods=pods,
+            fake_nodes=fake_node_names(nodes),
+            prometheus_url=ctx.config.prometheus_url,
+            now=time.time(),
+        )
     applied: list[str] = []
     if apply and decision.fits:
         with_monitor = await asyncio.to_thread(ctx.kube.crd_exists, SERVICE_MONITOR_CRD)
         options = RenderOptions(images=ctx.config.engine_images(), service_monitor=with_monitor)
-        children = render(ref.name, ref.namespace, spec, decision, options=options, owner=Owner(ref.name, ref.uid))
+        children = render(
+            ref.name,
+            ref.namespace,
+            spec,
+            decision,
+            options=options,
+            owner=Owner(ref.name, ref.uid),
+            adapters=rollout.state.serving if rollout else None,
+        )
         for child in children:
             await asyncio.to_thread(ctx.kube.apply, child)
             applied.append(f"{child['kind']}/{child['metadata']['name']}")
     observation = await observe(ctx, ref, _workload_kind(decision))
+    rollout_status = status_from_state(rollout.state) if rollout else _saved_rollout(status_body)
     status = report(
-        ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=previous, now=now
-    )
+        ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=previous, now=now,
+        rollout=rollout_status,
+    )  # fmt: skip
     record_phase(ref.namespace, ref.name, status.phase)
-    return Outcome(status=status, decision=decision, applied=tuple(applied))
+    return Outcome(
+        status=status,
+        decision=decision,
+        applied=tuple(applied),
+        rollbacks=tuple(n.reason for n in rollout.rollbacks) if rollout else (),
+        smoke_results=rollout.smoke_results if rollout else (),
+    )
+
+
+def _saved_rollout(status_body: Mapping[str, Any]) -> AdapterRolloutStatus | None:
+    raw = status_body.get("adapterRollout")
+    return AdapterRolloutStatus.model_validate(raw) if raw else None
 
 
 def status_patch(outcome: Outcome) -> Manifest:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_operator.api.spec import GROUP, KIND, VERSION, LlamaDeploymentSpec
+from llama_operator.adapters.rollout import ADAPTERS_ANNOTATION, GATE_CONDITION, adapter_key
+from llama_operator.api.spec import GROUP, KIND, VERSION, Adapter, LlamaDeploymentSpec
 from llama_operator.engines import render_engine_container
 from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineImages, EngineInput, Manifest
 from llama_operator.engines.pod import TERMINATION_GRACE_SECONDS
@@ -135,6 +137,8 @@ def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) ->
         pod["tolerations"] = tolerations
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    if inp.adapters:  # no traffic until the operator's smoke request passed with these adapters
+        pod["readinessGates"] = [{"conditionType": GATE_CONDITION}]
     return pod
 
 
@@ -144,10 +148,18 @@ def _pod_template(inp: EngineInput, engine: EngineContainer, container: Manifest
         "prometheus.io/port": str(engine.metrics_port),
         "prometheus.io/path": engine.metrics_path,
     }
+    if inp.adapters:
+        annotations[ADAPTERS_ANNOTATION] = adapter_key(inp.adapters)
     return {
         "metadata": {"labels": dict(sorted(labels.items())), "annotations": annotations},
         "spec": _pod_spec(inp, engine, container),
     }
+
+
+def _max_surge(inp: EngineInput) -> int | str:
+    """Canary: the first `canaryReplicas` new pods are the canary (they stay unready until verified)."""
+    policy = inp.spec.adapter_rollout
+    return "100%" if policy.strategy == "AllAtOnce" and inp.adapters else policy.canary_replicas
 
 
 def render_deployment(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:
@@ -160,7 +172,7 @@ def render_deployment(inp: EngineInput, engine: EngineContainer, namespace: str,
             "replicas": inp.spec.replicas,
             "selector": {"matchLabels": selector_labels(inp.name)},
             # A new pod must be Ready before an old one goes: capacity never dips during a rollout.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": _max_surge(inp), "maxUnavailable": 0}},
             "progressDeadlineSeconds": 3600,
             "revisionHistoryLimit": 5,
             "template": _pod_template(inp, engine, engine.container, labels),
@@ -264,12 +276,14 @@ def render(
     *,
     options: RenderOptions | None = None,
     owner: Owner | None = None,
+    adapters: Sequence[Adapter] | None = None,
 ) -> list[Manifest]:
     """The children of one LlamaDeployment whose sizing fits. Same input, same output, byte for byte."""
     if decision.chosen is None:
         raise ValueError("render needs a fitting sizing decision")
     opts = options or RenderOptions()
-    inp = EngineInput(name=name, spec=spec, decision=decision, images=opts.images)
+    serving = tuple(spec.adapters if adapters is None else adapters)
+    inp = EngineInput(name=name, spec=spec, decision=decision, images=opts.images, adapters=serving)
     engine = render_engine_container(inp)
     workload = (
         render_leader_worker_set(inp, engine, namespace, owner)

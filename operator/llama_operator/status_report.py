@@ -9,7 +9,7 @@ from typing import Any
 from llama_operator.api import status as st
 from llama_operator.api.conditions import make_condition, merge_conditions
 from llama_operator.api.spec import LlamaDeploymentSpec
-from llama_operator.api.status import Condition, LlamaDeploymentStatus, Phase
+from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus, Phase
 from llama_operator.planning import placement_summary, sizing_status
 from llama_operator.render import LABEL_DEPLOYMENT, service_endpoint
 from llama_operator.sizing.fit import SizingDecision
@@ -51,6 +51,17 @@ def _container_problem(pod_name: str, status: Manifest) -> PodProblem | None:
     )
 
 
+def container_problem(pod: Manifest) -> PodProblem | None:
+    """A failing container of one pod (crash loop, image pull), from its status."""
+    name = str(pod.get("metadata", {}).get("name", ""))
+    status = pod.get("status") or {}
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        problem = _container_problem(name, container)
+        if problem:
+            return problem
+    return None
+
+
 def pod_problem(pods: Iterable[Manifest]) -> PodProblem | None:
     """The first thing keeping pods from serving: the scheduler's refusal or a failing container."""
     for pod in sorted(pods, key=lambda p: str(p.get("metadata", {}).get("name", ""))):
@@ -62,10 +73,9 @@ def pod_problem(pods: Iterable[Manifest]) -> PodProblem | None:
                     st.REASON_UNSCHEDULABLE,
                     _clip(f"pod {name} cannot be scheduled: {condition.get('message', condition.get('reason', ''))}"),
                 )
-        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-            problem = _container_problem(name, container)
-            if problem:
-                return problem
+        problem = container_problem(pod)
+        if problem:
+            return problem
     return None
 
 
@@ -88,6 +98,14 @@ def _workload_numbers(workload: Manifest | None) -> tuple[int, int, int, int]:
     )
 
 
+def _phase(problem: PodProblem | None, *, ready: int, desired: int, rolling: bool) -> Phase:
+    if problem:
+        return "Degraded"
+    if desired == 0 or (ready >= desired and not rolling):
+        return "Ready"
+    return "Progressing"
+
+
 def report(
     name: str,
     namespace: str,
@@ -98,6 +116,7 @@ def report(
     generation: int,
     previous: Sequence[Condition],
     now: str,
+    rollout: AdapterRolloutStatus | None = None,
 ) -> LlamaDeploymentStatus:
     desired = spec.replicas
     replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
@@ -134,12 +153,10 @@ def report(
             cond(st.DEGRADED, "True", problem.reason, problem.message)
         else:
             cond(st.DEGRADED, "False", st.REASON_HEALTHY, "")
-        if problem:
-            phase = "Degraded"
-        elif desired == 0 or (ready >= desired and not rolling):
-            phase = "Ready"
-        else:
-            phase = "Progressing"
+        phase = _phase(problem, ready=ready, desired=desired, rolling=rolling)
+    if rollout is not None:
+        conditions.append(_rollout_condition(rollout, generation, now))
+    serving = rollout.serving if rollout is not None else spec.adapters
     return LlamaDeploymentStatus(
         observed_generation=generation,
         phase=phase,
@@ -152,8 +169,22 @@ def report(
         ready=f"{ready}/{desired}",
         selector=f"{LABEL_DEPLOYMENT}={name}",
         endpoint=service_endpoint(name, namespace) if observation.workload is not None else None,
-        adapters=",".join(f"{a.name}@{a.version}" for a in spec.adapters) or None,
+        adapters=",".join(sorted(f"{a.name}@{a.version}" for a in serving)) or None,
+        adapter_rollout=rollout,
     )
+
+
+def _rollout_condition(rollout: AdapterRolloutStatus, generation: int, now: str) -> Condition:
+    status: st.ConditionStatus
+    if rollout.phase == "RolledBack":
+        status, reason = "False", st.REASON_ROLLED_BACK
+        message = f"{rollout.message}. Publish a fixed adapter version to try again."
+    elif rollout.phase == "Progressing":
+        status, reason = "Unknown", st.REASON_ADAPTERS_ROLLING
+        message = f"{rollout.step}: {rollout.message}"
+    else:
+        status, reason, message = "True", st.REASON_ADAPTERS_SERVING, rollout.message
+    return make_condition(st.ADAPTER_ROLLOUT, status, reason, _clip(message), generation=generation, now=now)
 
 
 def invalid_spec_status(

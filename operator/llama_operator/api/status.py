@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from llama_operator.api.spec import CamelModel
+from llama_operator.api.spec import Adapter, CamelModel
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
@@ -103,8 +103,8 @@ class AdapterRolloutStatus(CamelModel):
 
     phase: AdapterRolloutPhase = Field(default="Idle", description="Idle, Progressing, Succeeded or RolledBack.")
     target: list[str] = Field(default_factory=list, description="The adapter set being rolled out (name@version).")
-    serving: list[str] = Field(default_factory=list, description="The set the pods are rendered with now.")
-    last_good: list[str] = Field(default_factory=list, description="The last set that passed every check.")
+    serving: list[Adapter] = Field(default_factory=list, description="The adapters the pods are rendered with now.")
+    last_good: list[Adapter] = Field(default_factory=list, description="The last adapters that passed every check.")
     failed: list[str] = Field(
         default_factory=list, description="Sets that failed (joined by ','); not retried until the spec changes."
     )

@@ -23,7 +23,6 @@ from llama_operator.autoscale.decision import (
     ScalingInput,
     decide_replicas,
 )
-from llama_operator.autoscale.prometheus import PrometheusError, instant_query
 from llama_operator.autoscale.queries import (
     POD_LABEL,
     MetricQueries,
@@ -34,6 +33,7 @@ from llama_operator.autoscale.queries import (
 from llama_operator.kube import Kube
 from llama_operator.metrics import PROMETHEUS_ERRORS, SCALING_DECISIONS, SCALING_METRIC
 from llama_operator.planning import resolve_engine
+from llama_operator.promql import PrometheusError, instant_query
 
 Manifest = dict[str, Any]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.api.spec import Adapter, LlamaDeploymentSpec
 from llama_operator.sizing.fit import SizingDecision
 
 Manifest = dict[str, Any]
@@ -35,6 +35,7 @@ class EngineInput:
     spec: LlamaDeploymentSpec
     decision: SizingDecision
     images: EngineImages = field(default_factory=EngineImages)
+    adapters: tuple[Adapter, ...] = ()  # the set the pods serve (during a rollout: the canary's)
 
     @property
     def served_model_name(self) -> str:

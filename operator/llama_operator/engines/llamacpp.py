@@ -36,8 +36,11 @@ def server_args(inp: EngineInput) -> list[str]:
         "--metrics",
         *inp.decision.engine_args,
     ]  # fmt: skip
-    for adapter in inp.spec.adapters:
+    # Adapter ids follow this order (sorted by name); none applies unless a request asks for it.
+    for adapter in sorted(inp.adapters, key=lambda a: a.name):
         args += ["--lora", adapter_path(inp, adapter.name, adapter.version)]
+    if inp.adapters:
+        args.append("--lora-init-without-apply")
     if inp.spec.serving.tool_calling:
         args.append("--jinja")
     return args + list(inp.spec.engine.extra_args)

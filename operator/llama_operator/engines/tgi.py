@@ -49,10 +49,8 @@ def launcher_args(inp: EngineInput) -> list[str]:
 
 def render_tgi_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"USAGE_STATS": "off"}  # no telemetry from inside a customer's cluster
-    if inp.spec.adapters:
-        engine_env["LORA_ADAPTERS"] = ",".join(
-            f"{a.name}={adapter_path(inp, a.name, a.version)}" for a in inp.spec.adapters
-        )
+    if inp.adapters:
+        engine_env["LORA_ADAPTERS"] = ",".join(f"{a.name}={adapter_path(inp, a.name, a.version)}" for a in inp.adapters)
     container = {
         "name": "engine",
         "image": image(inp),

@@ -41,9 +41,9 @@ def serve_args(inp: EngineInput) -> list[str]:
         *QUANTIZATION_FLAGS.get(quantization, []),
         *inp.decision.engine_args,
     ]  # fmt: skip
-    if spec.adapters:
+    if inp.adapters:
         args += ["--enable-lora"]
-        for adapter in spec.adapters:
+        for adapter in inp.adapters:
             args += ["--lora-modules", f"{adapter.name}={adapter_path(inp, adapter.name, adapter.version)}"]
     if spec.serving.tool_calling:
         family = inp.decision.request.work.model.family
@@ -55,7 +55,7 @@ def serve_args(inp: EngineInput) -> list[str]:
 
 def render_vllm_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # no telemetry from a customer's cluster
-    if inp.spec.adapters:
+    if inp.adapters:
         engine_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
     container = {
         "name": "engine",

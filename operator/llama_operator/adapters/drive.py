@@ -1,0 +1,192 @@
+"""The I/O around the rollout state machine: read pods, run smoke requests, set readiness gates."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from llama_operator.adapters.rollout import (
+    ADAPTERS_ANNOTATION,
+    GATE_CONDITION,
+    EvaluateMetricGate,
+    GateStatus,
+    PodView,
+    RollbackNotice,
+    RolloutState,
+    SmokeTest,
+    step_rollout,
+)
+from llama_operator.adapters.smoke import smoke_test
+from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.api.status import AdapterRolloutStatus
+from llama_operator.kube import Kube
+from llama_operator.promql import PrometheusError, instant_query
+from llama_operator.status_report import container_problem
+
+Manifest = dict[str, Any]
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # KWOK's fake nodes run no containers: nothing to smoke-test
+
+
+def rfc3339(epoch: float) -> str:
+    return (
+        datetime.datetime.fromtimestamp(epoch, datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    )
+
+
+def _epoch(text: str | None) -> float | None:
+    return None if not text else datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def state_from_status(status: Mapping[str, Any]) -> RolloutState:
+    raw = status.get("adapterRollout")
+    if not raw:
+        return RolloutState()
+    saved = AdapterRolloutStatus.model_validate(raw)
+    return RolloutState(
+        phase=saved.phase,
+        target=",".join(saved.target),
+        serving=tuple(saved.serving),
+        last_good=tuple(saved.last_good),
+        failed=tuple(saved.failed),
+        step=saved.step,
+        verified_pods=tuple(saved.verified_pods),
+        start_time=_epoch(saved.start_time),
+        canary_verified_time=_epoch(saved.canary_verified_time),
+        message=saved.message,
+    )
+
+
+def status_from_state(state: RolloutState) -> AdapterRolloutStatus:
+    return AdapterRolloutStatus(
+        phase=state.phase,
+        target=[t for t in state.target.split(",") if t],
+        serving=list(state.serving),
+        last_good=list(state.last_good),
+        failed=list(state.failed),
+        step=state.step,
+        verified_pods=list(state.verified_pods),
+        start_time=rfc3339(state.start_time) if state.start_time is not None else None,
+        canary_verified_time=rfc3339(state.canary_verified_time) if state.canary_verified_time is not None else None,
+        message=state.message,
+    )
+
+
+def fake_node_names(nodes: Iterable[Manifest]) -> set[str]:
+    return {n["metadata"]["name"] for n in nodes if FAKE_NODE_ANNOTATION in (n["metadata"].get("annotations") or {})}
+
+
+def _condition(pod: Manifest, type_: str) -> Manifest | None:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def pod_view(pod: Manifest) -> PodView:
+    meta = pod["metadata"]
+    gate = _condition(pod, GATE_CONDITION) or {}
+    ready = _condition(pod, "ContainersReady") or {}
+    crash = container_problem(pod)
+    raw_status = gate.get("status")
+    status: GateStatus = "True" if raw_status == "True" else "False" if raw_status == "False" else "Unknown"
+    return PodView(
+        name=meta["name"],
+        adapters=(meta.get("annotations") or {}).get(ADAPTERS_ANNOTATION, ""),
+        containers_ready=ready.get("status") == "True",
+        gate=status,
+        gate_message=str(gate.get("message") or ""),
+        crash_message=crash.message if crash else None,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def _pod_url(pod: Manifest) -> str | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    containers = pod["spec"].get("containers") or []
+    ports = containers[0].get("ports") or [] if containers else []
+    port = next((p["containerPort"] for p in ports if p.get("name") == "http"), None)
+    return f"http://{ip}:{port}" if ip and port else None
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    state: RolloutState
+    rollbacks: tuple[RollbackNotice, ...]
+    smoke_results: tuple[str, ...]
+
+
+async def _set_gate(kube: Kube, namespace: str, pod: str, *, passed: bool, message: str, now: float) -> None:
+    condition = {
+        "type": GATE_CONDITION,
+        "status": "True" if passed else "False",
+        "reason": "SmokeRequestPassed" if passed else "SmokeRequestFailed",
+        "message": message[:1024],
+        "lastTransitionTime": rfc3339(now),
+    }
+    await asyncio.to_thread(kube.set_pod_condition, namespace, pod, condition)
+
+
+async def _metric_gate_value(http: httpx.AsyncClient, spec: LlamaDeploymentSpec, url: str | None) -> float:
+    gate = spec.adapter_rollout.metric_gate
+    assert gate is not None
+    if url is None:
+        return float("inf")  # no Prometheus: the gate cannot pass
+    series = await instant_query(http, url, gate.query)
+    return max((s.value for s in series), default=0.0)
+
+
+async def drive_rollout(
+    kube: Kube,
+    http: httpx.AsyncClient,
+    *,
+    namespace: str,
+    spec: LlamaDeploymentSpec,
+    engine: str,
+    served_name: str,
+    state: RolloutState,
+    pods: Sequence[Manifest],
+    fake_nodes: set[str],
+    prometheus_url: str | None,
+    now: float,
+) -> RolloutResult:
+    """Decide the next rollout step and carry out its smoke requests and metric gate."""
+    ours = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    views = [pod_view(p) for p in ours]
+    step = step_rollout(spec.adapters, state, views, replicas=spec.replicas, policy=spec.adapter_rollout, now=now)
+    errors: list[str] = []
+    if any(isinstance(a, EvaluateMetricGate) for a in step.actions):
+        try:
+            value = await _metric_gate_value(http, spec, prometheus_url or spec.autoscaling.prometheus_url)
+        except PrometheusError as error:
+            value = float("inf")  # a gate that cannot be read does not pass
+            errors.append(f"metric gate: {error}")
+        step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
+                            now=now, gate_value=value)  # fmt: skip
+    by_name = {p["metadata"]["name"]: p for p in ours}
+    results = errors
+    for action in step.actions:
+        if not isinstance(action, SmokeTest) or action.pod not in by_name:
+            continue
+        pod = by_name[action.pod]
+        if pod["spec"].get("nodeName") in fake_nodes:
+            await _set_gate(
+                kube, namespace, action.pod, passed=True, message="fake node: nothing serves, not smoke-tested", now=now
+            )
+            continue
+        url = _pod_url(pod)
+        if url is None:
+            continue
+        result = await smoke_test(
+            http,
+            engine,
+            url,
+            served_name=served_name,
+            adapters=step.state.serving,
+            smoke=spec.adapter_rollout.smoke_request,
+        )
+        await _set_gate(kube, namespace, action.pod, passed=result.passed, message=result.message, now=now)
+        results.append(f"{action.pod}: {'passed' if result.passed else 'FAILED'}: {result.message}")
+    notices = tuple(a for a in step.actions if isinstance(a, RollbackNotice))
+    return RolloutResult(step.state, notices, tuple(results))
