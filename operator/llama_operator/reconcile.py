@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from llama_operator.adapters.drive import (
 )
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus
+from llama_operator.api.timestamps import rfc3339
 from llama_operator.kube import SERVICE_MONITOR_CRD, Kube
 from llama_operator.metrics import SIZING_DECISIONS, record_phase
 from llama_operator.operator_config import OperatorConfig
@@ -59,7 +59,7 @@ class Outcome:
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return rfc3339(time.time())
 
 
 def previous_conditions(status: Mapping[str, Any]) -> list[Condition]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,22 +23,13 @@ from llama_operator.adapters.rollout import (
 from llama_operator.adapters.smoke import smoke_test
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus
+from llama_operator.api.timestamps import epoch_seconds, rfc3339
 from llama_operator.kube import Kube
 from llama_operator.promql import PrometheusError, instant_query
 from llama_operator.status_report import container_problem
 
 Manifest = dict[str, Any]
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # KWOK's fake nodes run no containers: nothing to smoke-test
-
-
-def rfc3339(epoch: float) -> str:
-    return (
-        datetime.datetime.fromtimestamp(epoch, datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    )
-
-
-def _epoch(text: str | None) -> float | None:
-    return None if not text else datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def state_from_status(status: Mapping[str, Any]) -> RolloutState:
@@ -55,8 +45,8 @@ def state_from_status(status: Mapping[str, Any]) -> RolloutState:
         failed=tuple(saved.failed),
         step=saved.step,
         verified_pods=tuple(saved.verified_pods),
-        start_time=_epoch(saved.start_time),
-        canary_verified_time=_epoch(saved.canary_verified_time),
+        start_time=epoch_seconds(saved.start_time),
+        canary_verified_time=epoch_seconds(saved.canary_verified_time),
         message=saved.message,
     )
 

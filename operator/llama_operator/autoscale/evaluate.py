@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from llama_operator.api import status as st
 from llama_operator.api.conditions import make_condition, merge_conditions
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AutoscalingStatus, Condition, ScalingRecommendation
+from llama_operator.api.timestamps import epoch_seconds, rfc3339
 from llama_operator.autoscale.decision import (
     Policy,
     Recommendation,
@@ -45,18 +45,6 @@ class Evaluation:
     conditions: list[Condition]
     scaled: bool
     error: str | None
-
-
-def rfc3339(epoch: float) -> str:
-    return (
-        datetime.datetime.fromtimestamp(epoch, datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    )
-
-
-def epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def policy(spec_policy: Any) -> Policy:
@@ -112,7 +100,7 @@ def scaling_input(
         scale_down=policy(scaling.scale_down),
         now=now,
         history=history,
-        last_scale_time=epoch(previous.get("lastScaleTime")),
+        last_scale_time=epoch_seconds(previous.get("lastScaleTime")),
         max_sample_age_seconds=max(30.0, 4 * scaling.evaluation_interval_seconds),
     )
 

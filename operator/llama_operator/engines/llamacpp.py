@@ -5,14 +5,10 @@ from __future__ import annotations
 from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
 from llama_operator.engines.pod import (
     adapter_path,
-    drain_lifecycle,
-    env_list,
+    engine_container,
     model_init_containers,
     model_path,
     model_volumes,
-    probes,
-    resources,
-    volume_mounts,
 )
 
 PORT = 8080
@@ -47,18 +43,14 @@ def server_args(inp: EngineInput) -> list[str]:
 
 
 def render_llamacpp_container(inp: EngineInput) -> EngineContainer:
-    container = {
-        "name": "engine",
-        "image": image(inp),
-        "command": [SERVER_BINARY],
-        "args": server_args(inp),
-        "env": env_list(inp, {}),
-        "ports": [{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-        "resources": resources(inp),
-        "volumeMounts": volume_mounts(inp),
-        "lifecycle": drain_lifecycle(),
-        **probes(),
-    }
+    container = engine_container(
+        inp,
+        image=image(inp),
+        command=[SERVER_BINARY],
+        args=server_args(inp),
+        engine_env={},
+        ports=[{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+    )
     return EngineContainer(
         container=container,
         port=PORT,

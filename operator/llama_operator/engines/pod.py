@@ -180,6 +180,31 @@ def resources(inp: EngineInput) -> Manifest:
     return {"requests": requests, "limits": limits}
 
 
+def engine_container(
+    inp: EngineInput,
+    *,
+    image: str,
+    command: list[str],
+    args: list[str],
+    engine_env: dict[str, str],
+    ports: list[Manifest],
+) -> Manifest:
+    """The engine container every builder shares: probes, drain, resources, volumes; the engine's own
+    image, command, args, env and ports."""
+    return {
+        "name": "engine",
+        "image": image,
+        "command": command,
+        "args": args,
+        "env": env_list(inp, engine_env),
+        "ports": ports,
+        "resources": resources(inp),
+        "volumeMounts": volume_mounts(inp),
+        "lifecycle": drain_lifecycle(),
+        **probes(),
+    }
+
+
 def env_list(inp: EngineInput, engine_env: dict[str, str]) -> list[Manifest]:
     """Engine env, then the user's (theirs win), sorted by name; the hub token from its Secret."""
     merged = dict(engine_env)

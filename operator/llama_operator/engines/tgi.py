@@ -5,14 +5,10 @@ from __future__ import annotations
 from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
 from llama_operator.engines.pod import (
     adapter_path,
-    drain_lifecycle,
-    env_list,
+    engine_container,
     model_init_containers,
     model_path,
     model_volumes,
-    probes,
-    resources,
-    volume_mounts,
 )
 
 PORT = 8080
@@ -51,21 +47,17 @@ def render_tgi_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"USAGE_STATS": "off"}  # no telemetry from inside a customer's cluster
     if inp.adapters:
         engine_env["LORA_ADAPTERS"] = ",".join(f"{a.name}={adapter_path(inp, a.name, a.version)}" for a in inp.adapters)
-    container = {
-        "name": "engine",
-        "image": image(inp),
-        "command": ["text-generation-launcher"],
-        "args": launcher_args(inp),
-        "env": env_list(inp, engine_env),
-        "ports": [
+    container = engine_container(
+        inp,
+        image=image(inp),
+        command=["text-generation-launcher"],
+        args=launcher_args(inp),
+        engine_env=engine_env,
+        ports=[
             {"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
             {"name": "prometheus", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"},
         ],
-        "resources": resources(inp),
-        "volumeMounts": volume_mounts(inp),
-        "lifecycle": drain_lifecycle(),
-        **probes(),
-    }
+    )
     return EngineContainer(
         container=container,
         port=PORT,

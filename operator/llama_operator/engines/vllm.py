@@ -5,14 +5,10 @@ from __future__ import annotations
 from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
 from llama_operator.engines.pod import (
     adapter_path,
-    drain_lifecycle,
-    env_list,
+    engine_container,
     model_init_containers,
     model_path,
     model_volumes,
-    probes,
-    resources,
-    volume_mounts,
 )
 
 PORT = 8000
@@ -57,18 +53,14 @@ def render_vllm_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # no telemetry from a customer's cluster
     if inp.adapters:
         engine_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
-    container = {
-        "name": "engine",
-        "image": image(inp),
-        "command": ["vllm", "serve"],
-        "args": serve_args(inp),
-        "env": env_list(inp, engine_env),
-        "ports": [{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-        "resources": resources(inp),
-        "volumeMounts": volume_mounts(inp),
-        "lifecycle": drain_lifecycle(),
-        **probes(),
-    }
+    container = engine_container(
+        inp,
+        image=image(inp),
+        command=["vllm", "serve"],
+        args=serve_args(inp),
+        engine_env=engine_env,
+        ports=[{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+    )
     return EngineContainer(
         container=container,
         port=PORT,
