@@ -1,0 +1,118 @@
+{{/* Chart name, overridable. */}}
+{{- define "llama-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, plus the chart name when the release name does not contain it. */}}
+{{- define "llama-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "llama-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "llama-operator.labels" -}}
+helm.sh/chart: {{ include "llama-operator.chart" . }}
+{{ include "llama-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels that select the operator pod. */}}
+{{- define "llama-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llama-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "llama-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "llama-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "llama-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The operator's config file (OperatorConfig, camelCase keys): GPU classes, CPU cost, engine
+image overrides, Prometheus. Built as a dict and rendered with toYaml so numbers keep their form.
+*/}}
+{{- define "llama-operator.config" -}}
+{{- $images := dict }}
+{{- $keys := dict "vllm" "vllm" "tgi" "tgi" "llamacppCpu" "llamacpp_cpu" "llamacppCuda" "llamacpp_cuda" "downloader" "downloader" "s3Downloader" "s3_downloader" }}
+{{- range $value, $key := $keys }}
+{{- with index $.Values.engineImages $value }}
+{{- $_ := set $images $key . }}
+{{- end }}
+{{- end }}
+{{- $config := dict "gpuClasses" .Values.gpuClasses "cpuCostPerReplica" .Values.cpuCostPerReplica "images" $images }}
+{{- with .Values.prometheusUrl }}
+{{- $_ := set $config "prometheusUrl" . }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+Rules the operator needs in every namespace it watches (a ClusterRole when it watches all of
+them, a Role per namespace otherwise). Each verb is used; see the comments.
+*/}}
+{{- define "llama-operator.namespacedRules" -}}
+# LlamaDeployments: kopf lists and watches them and patches its annotations (and finalizers);
+# the operator reads one when a child changes.
+- apiGroups: ["llamaops.io"]
+  resources: ["llamadeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is written through the status subresource, by kopf and by the operator.
+- apiGroups: ["llamaops.io"]
+  resources: ["llamadeployments/status"]
+  verbs: ["patch"]
+# Children carry blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement admission
+# plugin is on (e.g. OpenShift), that requires update on the owner's finalizers.
+- apiGroups: ["llamaops.io"]
+  resources: ["llamadeployments/finalizers"]
+  verbs: ["update"]
+# Children by server-side apply: patch, and create because applying a new object creates it.
+# Deployments are also watched (drift) and read (status).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch"]
+{{- if .Values.rbac.serviceMonitors }}
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["create", "patch"]
+{{- end }}
+{{- if .Values.leaderWorkerSet.enabled }}
+# Multi-node replicas: applied like a Deployment and read for status.
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
+# Pods of the children are watched and listed to report readiness and scheduling reasons.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Events on LlamaDeployments (Planned, DoesNotFit, InvalidSpec), posted by kopf.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
