@@ -437,6 +437,8 @@ CLUSTER_WIDE_PERMISSIONS = {
     "watch llamadeployments.llamaops.io -A": True,
     "patch llamadeployments.llamaops.io -n default": True,
     "patch llamadeployments.llamaops.io --subresource=status -n default": True,
+    "patch llamadeployments.llamaops.io --subresource=scale -n default": True,
+    "patch pods --subresource=status -n default": True,
     "create deployments.apps -n default": True,
     "patch deployments.apps -n default": True,
     "watch deployments.apps -A": True,
@@ -455,6 +457,7 @@ CLUSTER_WIDE_PERMISSIONS = {
     "get secrets -n llama-operator": False,
     "create pods --subresource=exec -n default": False,
     "create pods -n default": False,
+    "patch pods -n default": False,
     "delete pods -n default": False,
     "delete nodes": False,
     "patch nodes": False,
@@ -481,7 +484,7 @@ def test_the_charts_service_account_has_what_it_needs_and_nothing_more(plane: Co
 
 def test_a_namespaced_release_grants_the_workload_rules_only_in_its_namespaces(plane: ControlPlane) -> None:
     values = ["--set", "crds.enabled=false", "--set", "leaderWorkerSet.enabled=true",
-              "--set", f"watchNamespaces={{{','.join(WATCHED)}}}"]  # fmt: skip
+              "--set", f"watchNamespaces={{{','.join(WATCHED)}}}", "--set", "rbac.prometheusAuthSecrets={prom-token}"]  # fmt: skip
     ok(helm("install", SCOPED_RELEASE, str(CHART), "--namespace", SCOPED_NAMESPACE, *values,
             kubeconfig=plane.kubeconfig_path))  # fmt: skip
     subject = f"system:serviceaccount:{SCOPED_NAMESPACE}:{SCOPED_RELEASE}-llama-operator"
@@ -493,7 +496,10 @@ def test_a_namespaced_release_grants_the_workload_rules_only_in_its_namespaces(p
         "list namespaces": True,  # kopf checks which of the watched namespaces exist
         "create deployments.apps -n default": False,
         "list llamadeployments.llamaops.io -A": False,
+        "get secrets/prom-token -n team-a": True,  # named in rbac.prometheusAuthSecrets
+        "get secrets/hf-token -n team-a": False,
         "list secrets -n team-a": False,
+        "get secrets/prom-token -n default": False,
         "create pods --subresource=exec -n team-a": False,
     }
     assert permission_mismatches(plane, subject, expected) == []

@@ -76,9 +76,10 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
 - apiGroups: ["llamaops.io"]
   resources: ["llamadeployments"]
   verbs: ["get", "list", "watch", "patch"]
-# Status is written through the status subresource, by kopf and by the operator.
+# Status is written through the status subresource, by kopf and by the operator; the
+# autoscaler writes replicas through the scale subresource, as `kubectl scale` does.
 - apiGroups: ["llamaops.io"]
-  resources: ["llamadeployments/status"]
+  resources: ["llamadeployments/status", "llamadeployments/scale"]
   verbs: ["patch"]
 # Children carry blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement admission
 # plugin is on (e.g. OpenShift), that requires update on the owner's finalizers.
@@ -111,6 +112,19 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# Adapter rollouts hold each pod out of its Service until its smoke request passes: the
+# operator sets the pod's readiness-gate condition.
+- apiGroups: [""]
+  resources: ["pods/status"]
+  verbs: ["patch"]
+{{- with .Values.rbac.prometheusAuthSecrets }}
+# The bearer tokens LlamaDeployments name in spec.autoscaling.prometheusAuthSecretRef: these
+# Secrets only, read by name (never listed).
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: {{ toJson . }}
+  verbs: ["get"]
+{{- end }}
 # Events on LlamaDeployments (Planned, DoesNotFit, InvalidSpec), posted by kopf.
 - apiGroups: [""]
   resources: ["events"]
