@@ -136,14 +136,20 @@ def scheduler_command(
     return [str(scheduler), *delegated_auth_flags(certificates, kubeconfig, ports.scheduler)]
 
 
-def kwok_command(kwok: Path, kubeconfig: Path, stages_file: Path, ports: ControlPlanePorts) -> list[str]:
-    """KWOK plays the kubelet of our labelled nodes only, with our own lifecycle stages."""
+def kwok_command(
+    kwok: Path,
+    kubeconfig: Path,
+    stages_file: Path,
+    ports: ControlPlanePorts,
+    node_selector: str = KWOK_MANAGED_SELECTOR,
+) -> list[str]:
+    """KWOK plays the kubelet of the nodes ``node_selector`` selects only, with our own lifecycle stages."""
     return [
         str(kwok),
         f"--kubeconfig={kubeconfig}",
         f"--config={stages_file}",
         "--manage-all-nodes=false",
-        f"--manage-nodes-with-label-selector={KWOK_MANAGED_SELECTOR}",
+        f"--manage-nodes-with-label-selector={node_selector}",
         f"--server-address={LOOPBACK}:{ports.kwok}",
         f"--cidr={POD_IP_RANGE}",
         f"--node-ip={FAKE_NODE_IP}",

@@ -5,6 +5,10 @@ kube-scheduler and KWOK as child processes bound to 127.0.0.1, registers the nod
 returns when every node is Ready. The work dir keeps the certificates (``pki/``), one log per
 component (``logs/``) and the admin ``kubeconfig``; etcd's data lives on tmpfs when there is
 one. ``stop()`` (or leaving the ``with`` block) ends every process.
+
+Two optional components: ``process_backed`` runs the pods of the process-backed pool as real
+local processes (``process_kubelet.py``; KWOK then leaves those nodes alone), and
+``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``).
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ from llama_operator.devcluster.kubeconfig import write_kubeconfig
 from llama_operator.devcluster.pools import (
     DEFAULT_POOLS_FILE,
     create_pool_nodes,
+    kwok_node_selector,
     load_node_pools,
     pool_node_manifests,
 )
+from llama_operator.devcluster.process_kubelet import ProcessBackedConfig, ProcessKubelet
 from llama_operator.devcluster.processes import HealthEndpoint, ManagedProcess, client_tls_context
+from llama_operator.devcluster.prometheus import Prometheus
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,6 +63,9 @@ class ControlPlane:
         pools_file: Path | None = None,
         *,
         startup_timeout_seconds: float = 120.0,
+        process_backed: ProcessBackedConfig | None = None,
+        prometheus: bool = False,
+        prometheus_scrape_interval_seconds: float = 1.0,
     ) -> None:
         self.workdir = workdir.absolute()
         self.pools_file = pools_file if pools_file is not None else DEFAULT_POOLS_FILE
@@ -70,6 +80,11 @@ class ControlPlane:
         self._processes: dict[str, ManagedProcess] = {}
         self._etcd_data_dir: Path | None = None
         self._started_at = 0.0
+        self.process_backed = process_backed
+        self.process_kubelet: ProcessKubelet | None = None
+        self._prometheus_enabled = prometheus
+        self._prometheus_scrape_interval_seconds = prometheus_scrape_interval_seconds
+        self.prometheus: Prometheus | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -87,6 +102,9 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop the components in reverse order (SIGTERM, then SIGKILL) and drop etcd's data."""
+        for optional in (self.prometheus, self.process_kubelet):
+            if optional is not None:
+                optional.stop()
         for name in reversed(COMPONENTS):
             process = self._processes.get(name)
             if process is None:
@@ -161,11 +179,19 @@ class ControlPlane:
             self.node_names = create_pool_nodes(api_client, pool_node_manifests(pools))
             LOGGER.info("[%5.1fs] registered %d pool nodes", self._elapsed(), len(self.node_names))
             self._start_kwok(binaries)
+            if self.process_backed is not None:
+                self.process_kubelet = ProcessKubelet(self.new_api_client, self.process_backed, self.workdir / "pods")
+                self.process_kubelet.start()
             waited = wait_for_nodes_ready(api_client, self.node_names, self.startup_timeout_seconds)
             LOGGER.info("[%5.1fs] %d pool nodes Ready after %.1fs", self._elapsed(), len(self.node_names), waited)
             # Pods are refused until their namespace's service account exists.
             waited = wait_for_service_account(api_client, "default", "default", self.startup_timeout_seconds)
             LOGGER.info("[%5.1fs] service account default/default present after %.1fs", self._elapsed(), waited)
+        if self._prometheus_enabled:
+            self.prometheus = Prometheus(
+                self.new_api_client, self.logs_dir, scrape_interval_seconds=self._prometheus_scrape_interval_seconds
+            )
+            self.prometheus.start()
         LOGGER.info(
             "[%5.1fs] control plane ready at %s (kubeconfig %s)", self._elapsed(), self.server_url, self.kubeconfig_path
         )
@@ -220,7 +246,10 @@ class ControlPlane:
         self._launch("kube-scheduler", command, self._admin_probe(self.ports.scheduler, "/healthz"))
 
     def _start_kwok(self, binaries: ControlPlaneBinaries) -> None:
-        command = components.kwok_command(binaries.path("kwok"), self.kubeconfig_path, KWOK_STAGES_FILE, self.ports)
+        excluded = self.process_backed.node_labels if self.process_backed is not None else None
+        command = components.kwok_command(
+            binaries.path("kwok"), self.kubeconfig_path, KWOK_STAGES_FILE, self.ports, kwok_node_selector(excluded)
+        )
         # KWOK also loads $KWOK_WORKDIR/kwok.yaml (default ~/.kwok); keep a user's file out of it.
         environment = {**os.environ, "KWOK_WORKDIR": str(self.workdir / "kwok")}
         health = HealthEndpoint(components.loopback_url("http", self.ports.kwok, "/healthz"))

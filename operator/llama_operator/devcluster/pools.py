@@ -2,7 +2,9 @@
 
 The Node objects carry the labels NVIDIA GPU Feature Discovery puts on real GPU nodes and
 ``nvidia.com/gpu`` capacity, so the real scheduler places GPU pods on them; KWOK, which
-manages only nodes with the ``llamaops.io/kwok=true`` label, plays their kubelet.
+manages only nodes with the ``llamaops.io/kwok=true`` label, plays their kubelet. Nodes
+labelled ``llamaops.io/process-backed=true`` are left to the process-backed kubelet when the
+control plane runs one (``kwok_node_selector``); otherwise KWOK plays theirs too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DEFAULT_POOLS_FILE = Path(__file__).with_name("pools.yaml")
 KWOK_MANAGED_LABEL = "llamaops.io/kwok"
 NODE_POOL_LABEL = "llamaops.io/node-pool"
 KWOK_MANAGED_SELECTOR = f"{KWOK_MANAGED_LABEL}=true"
+PROCESS_BACKED_LABEL = "llamaops.io/process-backed"
 DEFAULT_MAX_PODS = "110"
 HTTP_CONFLICT = 409
 
@@ -60,6 +63,12 @@ class NodePoolsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pools: list[NodePool]
+
+
+def kwok_node_selector(excluded_labels: Mapping[str, str] | None = None) -> str:
+    """KWOK's node label selector: our labelled nodes, minus those another kubelet plays."""
+    excluded = [f"{key}!={value}" for key, value in sorted((excluded_labels or {}).items())]
+    return ",".join([KWOK_MANAGED_SELECTOR, *excluded])
 
 
 def load_node_pools(path: Path = DEFAULT_POOLS_FILE) -> list[NodePool]:

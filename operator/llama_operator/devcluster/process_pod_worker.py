@@ -1,0 +1,433 @@
+"""One pod of the process-backed pool, run by its own thread as a kubelet would run it.
+
+The worker starts the pod's first container as a local process (paths mapped, bound to the
+pod's loopback address), runs its startup, readiness and liveness probes against it, restarts
+it with back-off when it exits, and on deletion runs the preStop hook, sends SIGTERM, SIGKILL
+after the grace period, and deletes the pod for good. Everything it learns goes to the pod's
+status subresource.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from llama_operator.devcluster.process_kubelet_api import API_ERRORS, HTTP_NOT_FOUND, KubeletApi
+from llama_operator.devcluster.process_pods import (
+    ContainerView,
+    Terminated,
+    container_command,
+    container_environment,
+    crashes_after_exit,
+    exit_reason,
+    pod_status,
+    restart_backoff_seconds,
+    should_restart,
+    skipped_init_container,
+    termination_message,
+    unmet_readiness_gates,
+)
+from llama_operator.devcluster.process_probes import ContainerProbes, ProbeKind, probe_target, run_probe
+from llama_operator.devcluster.processes import signal_group, tail_lines
+
+LOGGER = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+MIN_KILL_GRACE_SECONDS = 2.0  # the kubelet's minimum between SIGTERM and SIGKILL
+EXIT_POLL_SECONDS = 0.25
+STATUS_RETRY_SECONDS = 1.0
+START_ERROR_EXIT_CODE = 128
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit status: killed by signal N reads as 128 + N, as container runtimes report it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe the kubelet ran, and the container readiness it reported afterwards."""
+
+    pod: str  # namespace/name
+    uid: str
+    probe: ProbeKind
+    ok: bool
+    answer: str
+    container_ready: bool
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    path_map: dict[str, Path]
+    host_ip: str
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    max_probe_period_seconds: float | None
+    termination_message_lines: int
+    stop_grace_seconds: float
+
+
+class PodWorker:
+    """Runs one pod until it is deleted (or the harness stops)."""
+
+    def __init__(
+        self,
+        pod: Manifest,
+        *,
+        pod_ip: str,
+        settings: WorkerSettings,
+        api: KubeletApi,
+        pod_dir: Path,
+        on_probe: Callable[[ProbeRecord], None],
+    ) -> None:
+        meta = pod["metadata"]
+        self.uid = str(meta["uid"])
+        self.namespace = str(meta["namespace"])
+        self.name = str(meta["name"])
+        self.pod_ip = pod_ip
+        self.pod_dir = pod_dir
+        self._settings = settings
+        self._api = api
+        self._on_probe = on_probe
+        self._lock = threading.Lock()
+        self._pod = pod
+        self._wake = threading.Event()
+        self._deleting = False
+        self._gone = False
+        self._shutdown = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._start_time = now_rfc3339()
+        self._init_views: list[ContainerView] = []
+        self._other_views: list[ContainerView] = []
+        main = pod["spec"]["containers"][0]
+        self._view = ContainerView(name=str(main["name"]), image=str(main.get("image", "")), state="waiting")
+        self._conditions: list[Manifest] = []  # the kubelet's own conditions, as last written
+        self._written: Manifest | None = None
+        self._thread = threading.Thread(target=self._run, name=f"pod {self.namespace}/{self.name}", daemon=True)
+        self.finished = threading.Event()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    # -- control from the kubelet's sync loop --------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def observe(self, pod: Manifest) -> None:
+        """The pod as the API last listed it; a deletion timestamp starts the termination."""
+        with self._lock:
+            self._pod = pod
+            deleting = pod["metadata"].get("deletionTimestamp") is not None
+        if deleting and not self._deleting:
+            self._deleting = True
+            self._wake.set()
+
+    def forget(self) -> None:
+        """The pod is gone from the API (force-deleted): stop its process without a preStop."""
+        self._gone = True
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        """The harness stops: end the process quickly, write nothing more."""
+        self._shutdown = True
+        self._wake.set()
+
+    def join(self, timeout_seconds: float) -> None:
+        self._thread.join(timeout_seconds)
+
+    # -- the pod's life ------------------------------------------------------------------------
+
+    def _snapshot(self) -> Manifest:
+        with self._lock:
+            return self._pod
+
+    def _interrupted(self) -> bool:
+        return self._deleting or self._gone or self._shutdown
+
+    def _wait(self, seconds: float | None) -> bool:
+        """Sleep up to ``seconds`` (None: until interrupted), retrying a pending status write; True when interrupted."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._interrupted():
+            remaining = STATUS_RETRY_SECONDS if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.wait(min(remaining, STATUS_RETRY_SECONDS))
+            self._wake.clear()
+            self._write_status()
+        return True
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._kill(self._settings.stop_grace_seconds)
+            self.finished.set()
+
+    def _serve(self) -> None:
+        spec = self._snapshot()["spec"]
+        main, *others = spec["containers"]
+        now = now_rfc3339()
+        self._init_views = [skipped_init_container(c, now) for c in spec.get("initContainers") or []]
+        self._other_views = [
+            ContainerView(
+                name=str(c["name"]),
+                image=str(c.get("image", "")),
+                state="waiting",
+                reason="ProcessBackedUnsupported",
+                message="the process-backed kubelet runs the first container of a pod only",
+            )
+            for c in others
+        ]
+        self._write_status()
+        restart_policy = str(spec.get("restartPolicy", "Always"))
+        crashes = 0
+        restarts = 0
+        while not self._interrupted():
+            began = time.monotonic()
+            exited = self._run_container(main, restarts)
+            if exited is None:
+                break
+            self._view = replace(self._view, state="terminated", terminated=exited, started=False, ready=False)
+            self._write_status()
+            if not should_restart(restart_policy, exited.exit_code):
+                self._wait(None)
+                break
+            crashes = crashes_after_exit(crashes, time.monotonic() - began, self._settings.backoff_max_seconds)
+            delay = restart_backoff_seconds(
+                crashes, self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds
+            )
+            LOGGER.info(
+                "%s: container %s exited with %d; restarting in %.0fs", self.key, main["name"], exited.exit_code, delay
+            )
+            self._view = replace(
+                self._view,
+                state="waiting",
+                reason="CrashLoopBackOff",
+                message=f"back-off {delay:.0f}s restarting failed container={main['name']} pod={self.name}_{self.namespace}({self.uid})",
+                last_terminated=exited,
+                terminated=None,
+                pid=None,
+            )
+            self._write_status()
+            if self._wait(delay):
+                break
+            restarts += 1
+        if self._shutdown:
+            return
+        self._terminate_for_deletion(main)
+
+    def _run_container(self, container: Manifest, restarts: int) -> Terminated | None:
+        """Run one instance of the container: its exit, or None when the pod is being deleted."""
+        fields = {
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
+            "spec.nodeName": str(self._snapshot()["spec"].get("nodeName", "")),
+            "status.podIP": self.pod_ip,
+            "status.hostIP": self._settings.host_ip,
+        }
+        environment, unresolved = container_environment(container, fields)
+        if unresolved:
+            LOGGER.warning("%s: env %s not resolved (Secrets/ConfigMaps are not read here)", self.key, unresolved)
+        argv = container_command(container, self._settings.path_map, self.pod_ip, environment)
+        started_at = now_rfc3339()
+        log_path = self.pod_dir / f"{container['name']}.{restarts}.log"
+        if not argv:
+            message = "no command in the pod spec: the process-backed kubelet cannot know an image's entrypoint"
+            return Terminated(START_ERROR_EXIT_CODE, "StartError", message, started_at, now_rfc3339())
+        process_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.pod_dir),
+            "HOSTNAME": self.name,
+        }
+        self.pod_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with log_path.open("wb") as log_file:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env={**process_env, **environment},
+                    cwd=self.pod_dir,
+                    start_new_session=True,
+                )
+        except OSError as error:
+            message = f"failed to start {argv[0]}: {error}"
+            return Terminated(START_ERROR_EXIT_CODE, "StartError", message, started_at, now_rfc3339())
+        LOGGER.info(
+            "%s: started %s (pid %d) on %s: %s", self.key, container["name"], process.pid, self.pod_ip, " ".join(argv)
+        )
+        self._process = process
+        self._view = replace(
+            self._view,
+            state="running",
+            started_at=started_at,
+            started=False,
+            ready=False,
+            restart_count=restarts,
+            pid=process.pid,
+        )
+        self._write_status()
+        outcome = self._probe_until_exit(container, process)
+        if outcome is None:
+            return None
+        if outcome:  # a startup or liveness probe failed: the kubelet kills the container
+            LOGGER.info("%s: %s; killing the container", self.key, outcome)
+            self._kill(self._settings.stop_grace_seconds)
+        code = exit_status(process.wait())
+        self._process = None
+        tail = tail_lines(log_path, self._settings.termination_message_lines)
+        message = termination_message(f"{outcome}\n{tail}" if outcome else tail)
+        return Terminated(code, exit_reason(code), message, started_at, now_rfc3339(), f"process://{process.pid}")
+
+    def _probe_until_exit(self, container: Manifest, process: subprocess.Popen[bytes]) -> str | None:
+        """Probe until the process exits ("") or a probe gives up (why); None when the pod is being deleted."""
+        probes = ContainerProbes.for_container(
+            container, self.pod_ip, time.monotonic(), self._settings.max_probe_period_seconds
+        )
+        while True:
+            self._view = replace(self._view, started=probes.started, ready=probes.ready)
+            self._write_status()
+            if process.poll() is not None:
+                return ""
+            if self._interrupted():
+                return None
+            for kind in probes.due_now(time.monotonic()):
+                ok, answer = run_probe(probes.targets[kind])
+                gave_up = probes.observe(kind, ok, time.monotonic())
+                self._record(kind, ok, answer, probes.ready)
+                if gave_up:
+                    return f"{gave_up}: {answer}"
+            next_due = probes.next_due()
+            sleep = EXIT_POLL_SECONDS if next_due is None else min(next_due - time.monotonic(), EXIT_POLL_SECONDS)
+            self._wake.wait(max(sleep, 0.01))
+            self._wake.clear()
+
+    def _record(self, kind: ProbeKind, ok: bool, answer: str, ready: bool) -> None:
+        self._on_probe(ProbeRecord(self.key, self.uid, kind, ok, answer, ready, time.time()))
+
+    # -- termination ---------------------------------------------------------------------------
+
+    def _terminate_for_deletion(self, container: Manifest) -> None:
+        """preStop, SIGTERM, SIGKILL after the grace period, then the final delete."""
+        process = self._process
+        if self._gone:
+            self._kill(MIN_KILL_GRACE_SECONDS)
+            return
+        pod = self._snapshot()
+        grace = pod["metadata"].get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        deadline = time.monotonic() + float(grace)
+        if process is not None and process.poll() is None:
+            self._view = replace(self._view, ready=False)
+            self._write_status()
+            self._pre_stop(container, deadline)
+            if self._shutdown:
+                return
+            LOGGER.info("%s: SIGTERM to pid %d (grace %ss)", self.key, process.pid, grace)
+            self._kill(max(deadline - time.monotonic(), MIN_KILL_GRACE_SECONDS))
+            code = exit_status(process.wait())
+            done = Terminated(
+                code, exit_reason(code), "", self._view.started_at, now_rfc3339(), f"process://{process.pid}"
+            )
+            self._view = replace(self._view, state="terminated", terminated=done, started=False, ready=False)
+            self._write_status()
+        while not self._shutdown:
+            try:
+                self._api.delete_pod_now(self.namespace, self.name, self.uid)
+            except API_ERRORS as error:
+                LOGGER.warning("%s: final delete failed (%s); retrying", self.key, error)
+                time.sleep(STATUS_RETRY_SECONDS)
+                continue
+            LOGGER.info("%s: deleted", self.key)
+            return
+
+    def _pre_stop(self, container: Manifest, deadline: float) -> None:
+        hook = (container.get("lifecycle") or {}).get("preStop") or {}
+        if "sleep" in hook:
+            seconds = min(float(hook["sleep"].get("seconds", 0)), max(deadline - time.monotonic(), 0.0))
+            LOGGER.info("%s: preStop sleep %.0fs", self.key, seconds)
+            end = time.monotonic() + seconds
+            while not self._shutdown and time.monotonic() < end:
+                self._wake.wait(end - time.monotonic())
+                self._wake.clear()
+        elif "httpGet" in hook:
+            probe = {"httpGet": hook["httpGet"], "timeoutSeconds": max(int(deadline - time.monotonic()), 1)}
+            target = probe_target(probe, container, self.pod_ip)
+            if target is not None:
+                ok, answer = run_probe(target)
+                LOGGER.info("%s: preStop %s -> %s", self.key, target.url, answer if ok else f"failed: {answer}")
+        elif hook:
+            LOGGER.warning(
+                "%s: preStop %s is not supported by the process-backed kubelet; skipped", self.key, sorted(hook)
+            )
+
+    def _kill(self, grace_seconds: float) -> None:
+        """SIGTERM the container's process group, SIGKILL it after ``grace_seconds``."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            LOGGER.warning("%s: pid %d ignored SIGTERM for %.0fs; killing it", self.key, process.pid, grace_seconds)
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _build_status(self) -> Manifest:
+        pod = self._snapshot()
+        return pod_status(
+            pod_ip=self.pod_ip,
+            host_ip=self._settings.host_ip,
+            start_time=self._start_time,
+            restart_policy=str(pod["spec"].get("restartPolicy", "Always")),
+            init_containers=self._init_views,
+            containers=[self._view, *self._other_views],
+            unmet_gates=unmet_readiness_gates(pod),
+            previous_conditions=self._conditions,
+            now=now_rfc3339(),
+        )
+
+    def _write_status(self) -> None:
+        """PATCH pods/status when what we would report changed (retried on the next call after an error)."""
+        if self._shutdown or self._gone:
+            return
+        status = self._build_status()
+        if status == self._written:
+            return
+        try:
+            self._api.patch_pod_status(self.namespace, self.name, status)
+        except ApiException as error:
+            if error.status == HTTP_NOT_FOUND:
+                self.forget()
+                return
+            LOGGER.warning("%s: status write failed: %s", self.key, error)
+            return
+        except API_ERRORS as error:
+            LOGGER.warning("%s: status write failed: %s", self.key, error)
+            return
+        self._conditions = status["conditions"]
+        self._written = status
