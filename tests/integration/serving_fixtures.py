@@ -1,0 +1,203 @@
+"""Building blocks of the serving tests' fixtures: a control plane whose process-backed pool runs
+the operator's llama.cpp pods as real llama-server processes, a real Prometheus scraping them,
+the CRD and the operator (the test module wraps each in a module-scoped fixture).
+
+The llama-server binary comes from `hack/build-llama-server.sh` (built here when the cache lacks
+it; the tests skip only when this machine cannot build it), the model and adapters from
+`tiny_models` (written into a temp folder). Pods see them at the paths the operator renders:
+`/app/llama-server`, `/models/<file>.gguf` and `/adapters/<name>/<version>.gguf`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as kube_client
+from kubernetes.client.exceptions import ApiException
+
+from llama_operator.devcluster import ControlPlane
+from llama_operator.devcluster.binaries import REPOSITORY_ROOT, expected_bin_dir, missing_binaries
+from llama_operator.devcluster.pools import PROCESS_BACKED_LABEL
+from llama_operator.devcluster.process_kubelet import ProcessBackedConfig
+from llama_operator.devcluster.prometheus import Prometheus
+from llama_operator.devcluster.tiny_models import (
+    LLAMA_SERVER_BUILD_SCRIPT,
+    TinyModelSet,
+    find_vocab_file,
+    llama_server_install_dir,
+    write_tiny_model_set,
+)
+from tests.integration.conftest import poll_until
+from tests.integration.test_operator import OperatorProcess
+
+GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
+LLAMA_SERVER_IN_POD = "/app/llama-server"
+MODEL_FILE = "llama-operator-tiny.gguf"
+ADAPTER_NAME, ADAPTER_VERSION = "tiny-lora", "v1"
+BUILD_TIMEOUT_SECONDS = 40 * 60
+# Probe the pods at least this often: the rendered periods (10 s startup) are for multi-minute
+# model loads; the tiny model loads in well under a second, and a short period catches its 503s.
+PROBE_PERIOD_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ServingAssets:
+    """The built llama-server and the generated model files, laid out as a pod sees them."""
+
+    llama_server: Path
+    models: TinyModelSet
+    models_dir: Path  # the pod's /models
+    adapters_dir: Path  # the pod's /adapters: <name>/<version>.gguf
+
+    def path_map(self) -> dict[str, Path]:
+        return {LLAMA_SERVER_IN_POD: self.llama_server, "/models": self.models_dir, "/adapters": self.adapters_dir}
+
+
+def built_llama_server() -> Path:
+    """The pinned llama-server, built now if the cache lacks it (minutes, once per machine)."""
+    binary = llama_server_install_dir() / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"cannot build llama-server here: {', '.join(missing)} not on PATH")
+    result = subprocess.run(
+        ["bash", str(REPOSITORY_ROOT / LLAMA_SERVER_BUILD_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{LLAMA_SERVER_BUILD_SCRIPT} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return binary
+
+
+def make_serving_assets(root: Path) -> ServingAssets:
+    """Skip when this machine lacks the control-plane binaries or Prometheus; build llama-server if needed."""
+    bin_dir = expected_bin_dir()
+    if missing_binaries(bin_dir):
+        pytest.skip(f"control-plane binaries not built in {bin_dir}; run hack/build-controlplane.sh")
+    if not Prometheus.available():
+        pytest.skip("prometheus is not installed (Debian: apt-get install -y prometheus)")
+    binary = built_llama_server()
+    models = write_tiny_model_set(root / "generated", find_vocab_file(install_dir=binary.parents[1]))
+    models_dir, adapters_dir = root / "models", root / "adapters" / ADAPTER_NAME
+    models_dir.mkdir()
+    adapters_dir.mkdir(parents=True)
+    (models_dir / MODEL_FILE).symlink_to(models.model.path)
+    (adapters_dir / f"{ADAPTER_VERSION}.gguf").symlink_to(models.lora_v1)
+    return ServingAssets(binary, models, models_dir, adapters_dir.parent)
+
+
+@contextmanager
+def serving_control_plane(assets: ServingAssets, workdir: Path) -> Iterator[ControlPlane]:
+    """A control plane of its own: the process-backed kubelet and Prometheus (scraping every second)."""
+    config = ProcessBackedConfig(path_map=assets.path_map(), max_probe_period_seconds=PROBE_PERIOD_SECONDS)
+    plane = ControlPlane(workdir, process_backed=config, prometheus=True)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+def install_crd(api_client: Any) -> None:
+    ext = kube_client.ApiextensionsV1Api(api_client)
+    body = yaml.safe_load((REPOSITORY_ROOT / "crds" / "llamadeployments.llamaops.io.yaml").read_text())
+    ext.create_custom_resource_definition(body)
+
+    def established() -> bool | None:
+        conditions = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
+        return True if any(c.type == "Established" and c.status == "True" for c in conditions) else None
+
+    poll_until(established, 30, "the CRD to be established")
+
+
+@contextmanager
+def running_operator(plane: ControlPlane, api_client: Any, log_dir: Path) -> Iterator[OperatorProcess]:
+    """The CRD installed and `llama-operator run` against the plane."""
+    install_crd(api_client)
+    process = OperatorProcess(plane.kubeconfig_path, log_dir)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def create_namespace(api_client: Any) -> str:
+    """A namespace whose default service account exists (pods are refused before it does)."""
+    core = kube_client.CoreV1Api(api_client)
+    name = f"serving-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    def default_service_account() -> bool | None:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return True
+
+    poll_until(default_service_account, 60, f"service account default in {name}")
+    return name
+
+
+def tiny_llama_deployment(
+    name: str, models: TinyModelSet, *, adapters: bool, extra_args: list[str], max_sequences: int = 1
+) -> dict[str, Any]:
+    """The CPU llama.cpp example (manifests/examples/llama-3.2-3b-gguf-cpu.yaml) for the tiny model.
+
+    The tiny model is not in the catalog, so its architecture facts are in the spec; the pods
+    select (and tolerate) the process-backed pool, where they run for real.
+    """
+    facts = models.model
+    parameters = facts.vocab_size * facts.embedding_length + facts.block_count * (
+        4 * facts.embedding_length * facts.embedding_length + 3 * facts.embedding_length * facts.feed_forward_length
+    )
+    spec: dict[str, Any] = {
+        "model": {
+            "architecture": {
+                "layers": facts.block_count,
+                "hiddenSize": facts.embedding_length,
+                "attentionHeads": facts.head_count,
+                "kvHeads": facts.head_count_kv,
+                "intermediateSize": facts.feed_forward_length,
+                "vocabSize": facts.vocab_size,
+                "maxContextLength": facts.context_length,
+                "parametersBillions": round(parameters / 1e9, 6),
+                "tiedEmbeddings": True,
+            },
+            "source": f"https://models.example.invalid/{MODEL_FILE}",
+            "format": "gguf",
+            "quantization": "f16",
+            "contextLength": 1024,
+        },
+        "engine": {"type": "llamacpp", "extraArgs": extra_args},
+        "placement": {"cpuOnly": True},
+        "serving": {"maxConcurrentSequences": max_sequences},
+        "scheduling": {
+            "nodeSelector": {PROCESS_BACKED_LABEL: "true"},
+            "tolerations": [{"key": PROCESS_BACKED_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+    if adapters:
+        spec["adapters"] = [
+            {
+                "name": ADAPTER_NAME,
+                "source": f"https://models.example.invalid/{ADAPTER_NAME}-{ADAPTER_VERSION}.gguf",
+                "version": ADAPTER_VERSION,
+            }
+        ]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LlamaDeployment", "metadata": {"name": name}, "spec": spec}
