@@ -36,8 +36,9 @@ unit: setup
 integration: setup controlplane
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration
 
-crds: setup
+crds: setup controlplane
 	$(BIN)/llama-operator crds > crds/llamadeployments.llamaops.io.yaml
+	bash hack/render-install.sh
 
 golden: setup
 	UPDATE_GOLDEN=1 $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_render_golden.py

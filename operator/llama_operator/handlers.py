@@ -107,6 +107,9 @@ async def _owner_pass(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> 
     if outcome is not None and outcome.invalid is not None:
         RECONCILE_ERRORS.labels("invalid_spec").inc()
         raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
+    if outcome is not None and outcome.apply_error is not None:
+        RECONCILE_ERRORS.labels("apply").inc()
+        raise kopf.TemporaryError(outcome.apply_error, delay=10)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")

@@ -21,7 +21,7 @@ from llama_operator.adapters.drive import (
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus
 from llama_operator.api.timestamps import rfc3339
-from llama_operator.kube import SERVICE_MONITOR_CRD, Kube
+from llama_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import SIZING_DECISIONS, record_phase
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
@@ -56,6 +56,7 @@ class Outcome:
     invalid: str | None = None
     rollbacks: tuple[str, ...] = ()  # why adapter sets were rolled back in this pass
     smoke_results: tuple[str, ...] = ()
+    apply_error: str | None = None  # a child the API refused; the pass is retried
 
 
 def utc_now() -> str:
@@ -130,6 +131,7 @@ async def reconcile(
             now=time.time(),
         )
     applied: list[str] = []
+    apply_error = None if apply else _unresolved_apply_error(previous, ref.generation)
     if apply and decision.fits:
         with_monitor = await asyncio.to_thread(ctx.kube.crd_exists, SERVICE_MONITOR_CRD)
         options = RenderOptions(images=ctx.config.engine_images(), service_monitor=with_monitor)
@@ -143,13 +145,20 @@ async def reconcile(
             adapters=rollout.state.serving if rollout else None,
         )
         for child in children:
-            await asyncio.to_thread(ctx.kube.apply, child)
-            applied.append(f"{child['kind']}/{child['metadata']['name']}")
+            what = f"{child['kind']}/{child['metadata']['name']}"
+            try:
+                await asyncio.to_thread(ctx.kube.apply, child)
+            except KubeError as error:
+                apply_error = (
+                    f"could not apply {what}: {error.message}; check the operator's RBAC and admission webhooks"
+                )
+                break
+            applied.append(what)
     observation = await observe(ctx, ref, _workload_kind(decision))
     rollout_status = status_from_state(rollout.state) if rollout else _saved_rollout(status_body)
     status = report(
         ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=previous, now=now,
-        rollout=rollout_status,
+        rollout=rollout_status, apply_error=apply_error,
     )  # fmt: skip
     record_phase(ref.namespace, ref.name, status.phase)
     return Outcome(
@@ -158,7 +167,16 @@ async def reconcile(
         applied=tuple(applied),
         rollbacks=tuple(n.reason for n in rollout.rollbacks) if rollout else (),
         smoke_results=rollout.smoke_results if rollout else (),
+        apply_error=apply_error,
     )
+
+
+def _unresolved_apply_error(previous: list[Condition], generation: int) -> str | None:
+    """A status-only pass cannot clear an apply failure of this generation: only a successful apply can."""
+    degraded = next((c for c in previous if c.type == "Degraded"), None)
+    if degraded and degraded.reason == "ApplyFailed" and degraded.observed_generation == generation:
+        return degraded.message
+    return None
 
 
 def _saved_rollout(status_body: Mapping[str, Any]) -> AdapterRolloutStatus | None:

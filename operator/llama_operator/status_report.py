@@ -117,6 +117,7 @@ def report(
     previous: Sequence[Condition],
     now: str,
     rollout: AdapterRolloutStatus | None = None,
+    apply_error: str | None = None,
 ) -> LlamaDeploymentStatus:
     desired = spec.replicas
     replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
@@ -124,6 +125,8 @@ def report(
     rolled = observation.workload is not None and workload_generation >= workload_meta_generation
     rolling = observation.workload is not None and (not rolled or updated < desired or replicas > desired)
     problem = pod_problem(observation.pods) if observation.workload is not None else None
+    if apply_error is not None:  # a refused child outranks what the pods say
+        problem = PodProblem(st.REASON_APPLY_FAILED, apply_error)
     conditions = [_fits_condition(decision, generation, now)]
 
     def cond(type_: str, status: st.ConditionStatus, reason: str, message: str) -> None:
@@ -139,7 +142,7 @@ def report(
     else:
         if desired == 0:
             cond(st.READY, "True", st.REASON_SCALED_TO_ZERO, "spec.replicas is 0; scale up to serve")
-        elif ready >= desired and not rolling:
+        elif ready >= desired and not rolling and problem is None:
             cond(st.READY, "True", st.REASON_AVAILABLE, f"{ready}/{desired} replicas ready")
         else:
             reason = problem.reason if problem else st.REASON_UNAVAILABLE

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,10 @@ def free_port() -> int:
 class OperatorProcess:
     """`llama-operator run` as a child process, as a user would start it."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_dir: Path, extra_args: Sequence[str] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -55,7 +56,7 @@ class OperatorProcess:
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_operator.cli", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
-             "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "--log-level", "debug"],
+             "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "--log-level", "debug", *self.extra_args],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -142,3 +142,16 @@ def test_merge_orders_conditions_by_importance() -> None:
         [], [make_condition(t, "True", "R", "", generation=1, now=T0) for t in ("Degraded", "Fits", "Ready")]
     )
     assert [c.type for c in merged] == ["Ready", "Fits", "Degraded"]
+
+
+def test_a_refused_child_blocks_ready_whatever_the_pods_say() -> None:
+    status = report(
+        "chat", "team", SPEC, DECISION, Observation(workload=deployment(ready=2)), generation=3, previous=[], now=T1,
+        apply_error="could not apply Service/chat: services is forbidden",
+    )  # fmt: skip
+    ready = find_condition(status.conditions, "Ready")
+    assert ready is not None
+    assert ready.status == "False"
+    assert ready.reason == "ApplyFailed"
+    assert "services is forbidden" in ready.message
+    assert status.phase == "Degraded"
