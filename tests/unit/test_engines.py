@@ -162,6 +162,7 @@ class TestPodShape:
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
         assert c["readinessProbe"]["httpGet"]["path"] == "/health"
         assert c["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
     def test_hub_token_is_only_a_secret_reference(self) -> None:
         s = spec(hubTokenSecretRef={"name": "hf-token"})

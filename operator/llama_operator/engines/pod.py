@@ -201,6 +201,8 @@ def engine_container(
         "resources": resources(inp),
         "volumeMounts": volume_mounts(inp),
         "lifecycle": drain_lifecycle(),
+        # A crash shows the engine's own last log lines in the pod status (and so in Degraded).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **probes(),
     }
 
