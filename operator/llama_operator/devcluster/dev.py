@@ -23,6 +23,8 @@ from llama_operator.api.crd import build_crd
 from llama_operator.api.spec import GROUP, KIND, VERSION
 from llama_operator.devcluster.controlplane import ControlPlane
 from llama_operator.devcluster.pools import NODE_POOL_LABEL
+from llama_operator.devcluster.prometheus import Prometheus
+from llama_operator.devcluster.real_cpu_pool import on_real_cpu_pool, real_cpu_pool
 from llama_operator.kube import Kube
 from llama_operator.render import LABEL_DEPLOYMENT
 
@@ -69,7 +71,7 @@ def install_crd(kube: Kube) -> None:
     _wait(established, 30, "the LlamaDeployment CRD to be established")
 
 
-def apply_examples(kube: Kube, examples_dir: Path, namespace: str) -> list[str]:
+def apply_examples(kube: Kube, examples_dir: Path, namespace: str, *, real_cpu: bool) -> list[str]:
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     _wait(
         lambda: kube.get("v1", "ServiceAccount", namespace, "default") is not None,
@@ -78,8 +80,9 @@ def apply_examples(kube: Kube, examples_dir: Path, namespace: str) -> list[str]:
     )
     names = []
     for path in sorted(examples_dir.glob("*.yaml")):
-        for manifest in yaml.safe_load_all(path.read_text()):
-            if manifest and manifest.get("kind") == KIND:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("kind") == KIND:
+                manifest = on_real_cpu_pool(document) if real_cpu else document
                 manifest["metadata"]["namespace"] = namespace
                 kube.apply(manifest)
                 names.append(manifest["metadata"]["name"])
@@ -169,11 +172,14 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
         out.flush()
 
     previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
-    plane = ControlPlane(workdir)
+    real_cpu = real_cpu_pool(workdir, examples_dir, say)  # None (and why) when llama-server is not built
+    plane = ControlPlane(workdir, process_backed=real_cpu, prometheus=real_cpu is not None and Prometheus.available())
     try:
         say(f"starting the control plane in {workdir} (logs in {plane.logs_dir})")
         plane.start()
         say(f"control plane ready; kubeconfig: {plane.kubeconfig_path}")
+        if plane.prometheus is not None:
+            say(f"Prometheus scraping the pods: {plane.prometheus.url}")
         say(f"  try: kubectl --kubeconfig {plane.kubeconfig_path} get llamad -n {DEMO_NAMESPACE}")
         with plane.new_api_client() as api_client:
             kube = Kube(api_client)
@@ -181,7 +187,7 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
             say("CRD llamadeployments.llamaops.io installed")
             with operator_process(plane.kubeconfig_path, workdir / "operator.log"):
                 say(f"operator running (log: {workdir / 'operator.log'})")
-                names = apply_examples(kube, examples_dir, DEMO_NAMESPACE)
+                names = apply_examples(kube, examples_dir, DEMO_NAMESPACE, real_cpu=real_cpu is not None)
                 say(
                     f"applied {len(names)} examples from {examples_dir} to namespace {DEMO_NAMESPACE}: {', '.join(names)}"
                 )
