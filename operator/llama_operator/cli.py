@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(func=_cmd_crds)
 
     run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
+    run.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="same as the global --config")
     run.add_argument("-n", "--namespace", action="append", default=[], help="watch only these namespaces")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
     run.add_argument("--metrics-port", type=int, default=9090, help="port of the operator's /metrics (0: off)")
