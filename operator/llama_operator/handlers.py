@@ -41,7 +41,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.execution.max_workers = 8
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.INFO  # our decisions (Planned, ScaledUp, ...) are Normal events
+    settings.posting.loggers = False  # log lines stay logs; only explicit kopf.info/warn become Events
     settings.execution.default_backoff = 5  # a retry after an API hiccup should not wait a minute
     if "context" not in memo:
         memo["context"] = OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())

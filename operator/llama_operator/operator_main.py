@@ -37,6 +37,8 @@ def configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    for chatty in ("httpx", "httpcore"):  # one line per Prometheus query or smoke request is noise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def run_operator(

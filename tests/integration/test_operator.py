@@ -187,6 +187,11 @@ def test_example_is_placed_on_the_planned_pool_and_ready(
         managers = {entry.manager for entry in child.metadata.managed_fields if entry.operation == "Apply"}
         assert managers == {"llama-operator"}
 
+    events = core.list_namespaced_event(namespace).items
+    planned = [e for e in events if e.reason == "Planned" and e.involved_object.name == name]
+    assert planned, "the sizing decision is posted as an Event"
+    assert ready["status"]["gpus"].split()[0] in planned[0].message
+
     expected = EXPECTED_POOL[stem]
     pods = pods_of(api_client, namespace, name)
     assert len(pods) == manifest["spec"].get("replicas", 1)
