@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup controlplane lint unit integration crds golden clean
+.PHONY: demo test setup controlplane lint unit integration crds golden bench clean
 
 demo: setup controlplane
 	$(BIN)/llama-operator dev
@@ -25,8 +25,8 @@ controlplane:
 	bash hack/build-controlplane.sh >/dev/null
 
 lint: setup
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
@@ -42,6 +42,10 @@ crds: setup controlplane
 
 golden: setup
 	UPDATE_GOLDEN=1 $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_render_golden.py
+
+bench: setup controlplane
+	$(BIN)/python -m bench.autoscale --runs 7
+	$(BIN)/python -m bench.adapter_swap --swaps 4
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
