@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(r[2] for r in rows)
     (BENCH_DIR / "adapter_swap.svg").write_text(
         bar_chart_svg(
-            "Requests served during each adapter swap (failed: 0 unless noted)",
+            f"Seconds until every pod serves the new adapter ({failed} of {total} requests failed)",
             [r[0] for r in rows],
-            [float(r[1]) for r in rows],
-            unit="requests",
+            [r[3] for r in rows],
+            unit="seconds",
         )
     )
     table = "\n".join(f"| {i + 1} | {r[0]} | {r[3]:.1f} | {r[1]} | {r[2]} |" for i, r in enumerate(rows))
