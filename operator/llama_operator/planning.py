@@ -60,7 +60,29 @@ def context_length(spec: LlamaDeploymentSpec, facts: ModelFacts) -> int:
     return spec.model.context_length
 
 
+def model_identities(spec: LlamaDeploymentSpec) -> set[str]:
+    """Names an adapter's `baseModel` may use for this model: the catalog name and the hub repository."""
+    names: set[str] = {spec.model.catalog_name} if spec.model.catalog_name else set()
+    if spec.model.source.startswith("hf://"):
+        parts = spec.model.source.removeprefix("hf://").split("/")
+        names.add("/".join(parts[:2]))
+    return {n.lower() for n in names}
+
+
+def check_adapter_base_models(spec: LlamaDeploymentSpec) -> None:
+    """An adapter trained on another base model is refused before any rollout."""
+    known = model_identities(spec)
+    for adapter in spec.adapters:
+        if adapter.base_model and adapter.base_model.lower() not in known:
+            raise InvalidSpecError(
+                f"spec.adapters[{adapter.name}].baseModel {adapter.base_model!r} is not the served model "
+                f"({', '.join(sorted(known)) or 'a model without a catalog name or hub repository'}); "
+                "use an adapter trained on this model or remove baseModel"
+            )
+
+
 def sizing_request(spec: LlamaDeploymentSpec, name: str) -> SizingRequest:
+    check_adapter_base_models(spec)
     facts = model_facts(spec, name)
     ranks = [a.rank for a in spec.adapters if a.rank is not None]
     work = Workload(

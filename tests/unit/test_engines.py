@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from llama_operator.api.parse import InvalidSpecError
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
@@ -224,3 +225,15 @@ class TestPodShape:
         assert "LWS_LEADER_ADDRESS" in worker["command"][2]
         assert "readinessProbe" not in worker
         assert rendered[1]["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+
+
+class TestAdapterGuards:
+    def test_adapter_for_another_base_model_is_refused(self) -> None:
+        wrong = spec(adapters=[{"name": "a", "source": "hf://o/a", "version": "1", "baseModel": "llama-3.1-70b"}])
+        with pytest.raises(InvalidSpecError, match=r"baseModel 'llama-3\.1-70b' is not the served model"):
+            plan(wrong, "demo", INVENTORY)
+
+    @pytest.mark.parametrize("base", ["llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct"])
+    def test_adapter_for_this_model_by_catalog_name_or_hub_repo(self, base: str) -> None:
+        right = spec(adapters=[{"name": "a", "source": "hf://o/a", "version": "1", "baseModel": base}])
+        assert plan(right, "demo", INVENTORY).fits
