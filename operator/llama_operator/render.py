@@ -148,8 +148,8 @@ def _pod_template(inp: EngineInput, engine: EngineContainer, container: Manifest
         "prometheus.io/port": str(engine.metrics_port),
         "prometheus.io/path": engine.metrics_path,
     }
-    if inp.adapters:
-        annotations[ADAPTERS_ANNOTATION] = adapter_key(inp.adapters)
+    if inp.pod_adapters:  # runtime-loaded sets are reported per pod (a pod condition), not templated
+        annotations[ADAPTERS_ANNOTATION] = adapter_key(inp.pod_adapters)
     return {
         "metadata": {"labels": dict(sorted(labels.items())), "annotations": annotations},
         "spec": _pod_spec(inp, engine, container),

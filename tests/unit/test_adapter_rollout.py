@@ -6,11 +6,13 @@ from dataclasses import replace
 
 from llama_operator.adapters.rollout import (
     EvaluateMetricGate,
+    LoadAdapters,
     PodView,
     RollbackNotice,
     RolloutState,
     SmokeTest,
     adapter_key,
+    loads_at_runtime,
     step_rollout,
 )
 from llama_operator.api.spec import Adapter, AdapterRolloutPolicy, MetricGate
@@ -149,3 +151,48 @@ def test_pause_after_canary() -> None:
     assert "pausing" in paused.state.message
     later = step_rollout(V2, replace(paused.state), pods, replicas=2, policy=policy, now=T0 + 40)
     assert later.actions == (SmokeTest("new-2"),)
+
+
+HUB_V1 = (Adapter(name="support", source="hf://org/support-v1", version="v1"),)
+HUB_V2 = (Adapter(name="support", source="hf://org/support-v2", version="v2"),)
+
+
+def test_runtime_loading_is_for_vllm_with_hub_adapters_only() -> None:
+    assert loads_at_runtime("vllm", HUB_V1)
+    assert not loads_at_runtime("vllm", V1)  # s3: the pod must fetch it at start
+    assert not loads_at_runtime("tgi", HUB_V1)
+    assert not loads_at_runtime("vllm", ())
+
+
+def test_runtime_rollout_loads_the_canary_then_one_pod_at_a_time() -> None:
+    state = RolloutState(phase="Succeeded", target=adapter_key(HUB_V1), serving=HUB_V1, last_good=HUB_V1)
+    pods = [pod(n, HUB_V1, "True") for n in ("a", "b", "c")]
+    start = step_rollout(HUB_V2, state, pods, replicas=3, policy=CANARY, now=T0, runtime=True)
+    assert start.actions == (LoadAdapters("a"),)
+    canary_done = [pod("a", HUB_V2, "True"), pod("b", HUB_V1, "True"), pod("c", HUB_V1, "True")]
+    next_one = step_rollout(HUB_V2, start.state, canary_done, replicas=3, policy=CANARY, now=T0 + 5, runtime=True)
+    assert next_one.state.step == "Rolling"
+    assert next_one.actions == (LoadAdapters("b"),)
+    waiting = [pod("a", HUB_V2, "True"), pod("b", HUB_V2), pod("c", HUB_V1, "True")]
+    held = step_rollout(HUB_V2, next_one.state, waiting, replicas=3, policy=CANARY, now=T0 + 6, runtime=True)
+    assert held.actions == (), "one pod at a time: b awaits its verdict"
+    done = [pod(n, HUB_V2, "True") for n in ("a", "b", "c")]
+    finished = step_rollout(HUB_V2, held.state, done, replicas=3, policy=CANARY, now=T0 + 9, runtime=True)
+    assert finished.state.phase == "Succeeded"
+
+
+def test_runtime_rollback_reloads_the_canary_and_restarted_pods_get_loaded() -> None:
+    state = RolloutState(phase="Succeeded", target=adapter_key(HUB_V1), serving=HUB_V1, last_good=HUB_V1)
+    start = step_rollout(HUB_V2, state, [], replicas=2, policy=CANARY, now=T0, runtime=True)
+    failed = [pod("a", HUB_V2, "False", gate_message="HTTP 400: cannot load"), pod("b", HUB_V1, "True")]
+    rolled = step_rollout(HUB_V2, start.state, failed, replicas=2, policy=CANARY, now=T0 + 3, runtime=True)
+    assert rolled.state.phase == "RolledBack"
+    again = step_rollout(HUB_V2, rolled.state, failed, replicas=2, policy=CANARY, now=T0 + 4, runtime=True)
+    assert again.actions == (LoadAdapters("a"),), "the canary gets the last good set back"
+    restarted = [PodView(name="c", adapters="", containers_ready=True, gate="Unknown"), pod("b", HUB_V1, "True")]
+    steady = step_rollout(HUB_V1, serving_v1_hub(), restarted, replicas=2, policy=CANARY, now=T0, runtime=True)
+    assert LoadAdapters("c") in steady.actions
+
+
+def serving_v1_hub() -> RolloutState:
+    return RolloutState(phase="Succeeded", target=adapter_key(HUB_V1), serving=HUB_V1, last_good=HUB_V1)

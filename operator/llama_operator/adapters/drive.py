@@ -12,16 +12,21 @@ import httpx
 from llama_operator.adapters.rollout import (
     ADAPTERS_ANNOTATION,
     GATE_CONDITION,
+    LOADED_CONDITION,
     EvaluateMetricGate,
     GateStatus,
+    LoadAdapters,
     PodView,
     RollbackNotice,
     RolloutState,
     SmokeTest,
+    adapter_key,
+    loads_at_runtime,
     step_rollout,
 )
+from llama_operator.adapters.runtime_load import drain, load_serving_set
 from llama_operator.adapters.smoke import smoke_test
-from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.api.spec import Adapter, LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus
 from llama_operator.api.timestamps import epoch_seconds, rfc3339
 from llama_operator.kube import Kube
@@ -74,16 +79,20 @@ def _condition(pod: Manifest, type_: str) -> Manifest | None:
     return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
 
 
-def pod_view(pod: Manifest) -> PodView:
+def pod_view(pod: Manifest, *, runtime: bool = False) -> PodView:
+    """`runtime`: the pod's adapter set is what the operator loaded into it (a pod condition), not its
+    template's annotation."""
     meta = pod["metadata"]
     gate = _condition(pod, GATE_CONDITION) or {}
+    loaded = _condition(pod, LOADED_CONDITION) or {}
+    templated = (meta.get("annotations") or {}).get(ADAPTERS_ANNOTATION, "")
     ready = _condition(pod, "ContainersReady") or {}
     crash = container_problem(pod)
     raw_status = gate.get("status")
     status: GateStatus = "True" if raw_status == "True" else "False" if raw_status == "False" else "Unknown"
     return PodView(
         name=meta["name"],
-        adapters=(meta.get("annotations") or {}).get(ADAPTERS_ANNOTATION, ""),
+        adapters=str(loaded.get("message") or "") if runtime else templated,
         containers_ready=ready.get("status") == "True",
         gate=status,
         gate_message=str(gate.get("message") or ""),
@@ -107,15 +116,51 @@ class RolloutResult:
     smoke_results: tuple[str, ...]
 
 
-async def _set_gate(kube: Kube, namespace: str, pod: str, *, passed: bool, message: str, now: float) -> None:
+async def _set_gate(
+    kube: Kube, namespace: str, pod: str, *, passed: bool, message: str, now: float, reason: str | None = None
+) -> None:
     condition = {
         "type": GATE_CONDITION,
         "status": "True" if passed else "False",
-        "reason": "SmokeRequestPassed" if passed else "SmokeRequestFailed",
+        "reason": reason or ("SmokeRequestPassed" if passed else "SmokeRequestFailed"),
         "message": message[:1024],
         "lastTransitionTime": rfc3339(now),
     }
     await asyncio.to_thread(kube.set_pod_condition, namespace, pod, condition)
+
+
+async def _set_loaded(kube: Kube, namespace: str, pod: str, key: str, now: float) -> None:
+    """Record the set this pod now holds (the machine reads it back as the pod's adapters)."""
+    condition = {"type": LOADED_CONDITION, "status": "True", "reason": "Loaded", "message": key,
+                 "lastTransitionTime": rfc3339(now)}  # fmt: skip
+    await asyncio.to_thread(kube.set_pod_condition, namespace, pod, condition)
+
+
+async def _load_and_verify(
+    kube: Kube, http: httpx.AsyncClient, namespace: str, pod: Manifest, *, spec: LlamaDeploymentSpec,
+    engine: str, served_name: str, adapters: tuple[Adapter, ...], now: float,
+) -> str:  # fmt: skip
+    """Out of traffic, drained, loaded, smoke-tested, back in traffic (or left out with the reason)."""
+    name = pod["metadata"]["name"]
+    url = _pod_url(pod)
+    if url is None:
+        return f"{name}: no address yet"
+    key = adapter_key(adapters)
+    await _set_gate(kube, namespace, name, passed=False, message=f"loading [{key}]", now=now, reason="LoadingAdapters")
+    busy = await drain(http, url)
+    load = await load_serving_set(http, url, adapters) if busy is None else None
+    result = (
+        await smoke_test(
+            http, engine, url, served_name=served_name, adapters=adapters, smoke=spec.adapter_rollout.smoke_request
+        )
+        if load is not None and load.loaded
+        else None
+    )
+    passed = result is not None and result.passed
+    message = busy or (load.message if load and not load.loaded else "") or (result.message if result else "")
+    await _set_loaded(kube, namespace, name, key, now)
+    await _set_gate(kube, namespace, name, passed=passed, message=message, now=now)
+    return f"{name}: {'passed' if passed else 'FAILED'}: {message}"
 
 
 async def _metric_gate_value(http: httpx.AsyncClient, spec: LlamaDeploymentSpec, url: str | None) -> float:
@@ -143,8 +188,11 @@ async def drive_rollout(
 ) -> RolloutResult:
     """Decide the next rollout step and carry out its smoke requests and metric gate."""
     ours = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    views = [pod_view(p) for p in ours]
-    step = step_rollout(spec.adapters, state, views, replicas=spec.replicas, policy=spec.adapter_rollout, now=now)
+    runtime = loads_at_runtime(engine, spec.adapters)
+    views = [pod_view(p, runtime=runtime) for p in ours]
+    step = step_rollout(
+        spec.adapters, state, views, replicas=spec.replicas, policy=spec.adapter_rollout, now=now, runtime=runtime
+    )
     errors: list[str] = []
     if any(isinstance(a, EvaluateMetricGate) for a in step.actions):
         try:
@@ -153,10 +201,23 @@ async def drive_rollout(
             value = float("inf")  # a gate that cannot be read does not pass
             errors.append(f"metric gate: {error}")
         step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
-                            now=now, gate_value=value)  # fmt: skip
+                            now=now, gate_value=value, runtime=runtime)  # fmt: skip
     by_name = {p["metadata"]["name"]: p for p in ours}
     results = errors
     for action in step.actions:
+        if (
+            isinstance(action, LoadAdapters)
+            and by_name.get(action.pod, {}).get("spec", {}).get("nodeName") in fake_nodes
+        ):
+            await _set_loaded(kube, namespace, action.pod, step.state.serving_key, now)
+            await _set_gate(kube, namespace, action.pod, passed=True, message="fake node: nothing serves", now=now)
+            continue
+        if isinstance(action, LoadAdapters) and action.pod in by_name:
+            results.append(await _load_and_verify(
+                kube, http, namespace, by_name[action.pod], spec=spec, engine=engine, served_name=served_name,
+                adapters=step.state.serving, now=now,
+            ))  # fmt: skip
+            continue
         if not isinstance(action, SmokeTest) or action.pod not in by_name:
             continue
         pod = by_name[action.pod]

@@ -20,8 +20,16 @@ from llama_operator.api.spec import Adapter, AdapterRolloutPolicy
 
 GATE_CONDITION = "llamaops.io/adapters-verified"
 ADAPTERS_ANNOTATION = "llamaops.io/adapters"
+# Runtime loading: the set a pod has loaded, in the message of a pod condition the operator sets.
+LOADED_CONDITION = "llamaops.io/adapters-loaded"
 Phase = Literal["Idle", "Progressing", "Succeeded", "RolledBack"]
 GateStatus = Literal["True", "False", "Unknown"]
+
+
+def loads_at_runtime(engine: str, adapters: Sequence[Adapter]) -> bool:
+    """vLLM loads hub adapters into running pods (POST /v1/load_lora_adapter): no restart, pod by pod.
+    Other engines, and adapters from s3/https/pvc, roll out by surging pods that start with the new set."""
+    return engine == "vllm" and bool(adapters) and all(a.source.startswith("hf://") for a in adapters)
 
 
 def adapter_key(adapters: Sequence[Adapter]) -> str:
@@ -68,6 +76,13 @@ class SmokeTest:
 
 
 @dataclass(frozen=True)
+class LoadAdapters:
+    """Runtime loading: take this pod out of traffic, load the serving set, smoke-test, put it back."""
+
+    pod: str
+
+
+@dataclass(frozen=True)
 class EvaluateMetricGate:
     """Run the metric gate's query now; feed the value back as `gate_value`."""
 
@@ -80,7 +95,7 @@ class RollbackNotice:
     reason: str
 
 
-Action = SmokeTest | EvaluateMetricGate | RollbackNotice
+Action = SmokeTest | LoadAdapters | EvaluateMetricGate | RollbackNotice
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,27 @@ def _metric_gate(
     return None
 
 
+def _needs_load(pods: Sequence[PodView], key: str) -> list[PodView]:
+    """Runtime loading: ready pods that do not have the serving set loaded."""
+    return [p for p in pods if p.adapters != key and not p.deleting and p.containers_ready]
+
+
+def _next_loads(state: RolloutState, pods: Sequence[PodView], room: int) -> tuple[Action, ...]:
+    """Runtime loading, one pod after another: nothing new while a loaded pod awaits its verdict."""
+    key = state.serving_key
+    if any(p.adapters == key and p.gate == "Unknown" and not p.deleting for p in pods):
+        return ()
+    return tuple(LoadAdapters(p.name) for p in _needs_load(pods, key)[: max(room, 0)])
+
+
+def _advance(
+    state: RolloutState, pods: Sequence[PodView], pending: Sequence[PodView], room: int, *, runtime: bool
+) -> tuple[Action, ...]:
+    if runtime:
+        return _next_loads(state, pods, room)
+    return tuple(SmokeTest(p.name) for p in pending[:room])
+
+
 def _progress(
     state: RolloutState,
     pods: Sequence[PodView],
@@ -161,14 +197,14 @@ def _progress(
     policy: AdapterRolloutPolicy,
     now: float,
     gate_value: float | None,
+    runtime: bool,
 ) -> Step:
     serving = state.serving_key
     pending = _gate_pending(pods, serving)
     if state.step == "Canary" and policy.strategy == "Canary":
         canary_size = min(policy.canary_replicas, max(replicas, 1))
         if len(state.verified_pods) < canary_size:
-            room = canary_size - len(state.verified_pods)
-            return Step(state, tuple(SmokeTest(p.name) for p in pending[:room]))
+            return Step(state, _advance(state, pods, pending, canary_size - len(state.verified_pods), runtime=runtime))
         passed = f"canary {', '.join(state.verified_pods)} passed the smoke request"
         next_step = "MetricGate" if policy.metric_gate else "Rolling"
         state = replace(state, canary_verified_time=now, step=next_step, message=passed)
@@ -186,7 +222,9 @@ def _progress(
     if done:
         message = f"[{serving}] serves on {len(new_pods)} pods"
         return Step(replace(state, phase="Succeeded", last_good=state.serving, step="", message=message))
-    return Step(state, tuple(SmokeTest(p.name) for p in pending))
+    # Runtime loading goes replica by replica (AllAtOnce: every pod); surged pods are all tested.
+    room = len(live) if policy.strategy == "AllAtOnce" or not runtime else 1
+    return Step(state, _advance(state, pods, pending, room, runtime=runtime))
 
 
 def step_rollout(
@@ -198,8 +236,10 @@ def step_rollout(
     policy: AdapterRolloutPolicy,
     now: float,
     gate_value: float | None = None,
+    runtime: bool = False,
 ) -> Step:
-    """One decision: the next state and what to do now."""
+    """One decision: the next state and what to do now. `runtime`: the engine loads adapters into
+    running pods (LoadAdapters) instead of new pods starting with them (SmokeTest of surged pods)."""
     key = adapter_key(desired)
     if key != state.target:
         if key in state.failed:
@@ -209,13 +249,21 @@ def step_rollout(
         state = _start(state, desired, now)
     serving = state.serving_key
     if state.phase != "Progressing":
-        # Steady state: pods that (re)start get the smoke request before traffic.
-        return Step(state, tuple(SmokeTest(p.name) for p in _gate_pending(pods, serving)))
+        # Steady state: pods that (re)start get the smoke request before traffic; with runtime
+        # loading, a restarted pod (or a rolled-back canary) first gets the serving set loaded.
+        loads = tuple(LoadAdapters(p.name) for p in _needs_load(pods, serving)) if runtime else ()
+        return Step(state, loads + tuple(SmokeTest(p.name) for p in _gate_pending(pods, serving)))
     new_pods = [p for p in pods if not p.deleting and p.adapters == serving]
     failure = _failure(state, new_pods, policy, now)
     if failure is not None:
         return failure
     verified = tuple(sorted({*state.verified_pods, *(p.name for p in new_pods if p.gate == "True")}))
     return _progress(
-        replace(state, verified_pods=verified), pods, replicas=replicas, policy=policy, now=now, gate_value=gate_value
+        replace(state, verified_pods=verified),
+        pods,
+        replicas=replicas,
+        policy=policy,
+        now=now,
+        gate_value=gate_value,
+        runtime=runtime,
     )

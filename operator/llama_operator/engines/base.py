@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_operator.adapters.rollout import loads_at_runtime
 from llama_operator.api.spec import Adapter, LlamaDeploymentSpec
 from llama_operator.sizing.fit import SizingDecision
 
@@ -36,6 +37,16 @@ class EngineInput:
     decision: SizingDecision
     images: EngineImages = field(default_factory=EngineImages)
     adapters: tuple[Adapter, ...] = ()  # the set the pods serve (during a rollout: the canary's)
+
+    @property
+    def runtime_adapters(self) -> bool:
+        """The engine loads the adapters into running pods: they are not part of the pod template."""
+        return loads_at_runtime(self.decision.request.engine, self.adapters)
+
+    @property
+    def pod_adapters(self) -> tuple[Adapter, ...]:
+        """Adapters the pods start with (fetched by init containers, named in args)."""
+        return () if self.runtime_adapters else self.adapters
 
     @property
     def served_model_name(self) -> str:

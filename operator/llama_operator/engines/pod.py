@@ -129,7 +129,7 @@ def model_init_containers(inp: EngineInput, engine_image: str) -> list[Manifest]
     if not source.startswith("pvc://"):
         single = inp.spec.model.format == "gguf"
         init.append(_downloader(inp, "fetch-model", source, model_path(inp), engine_image, single_file=single))
-    for adapter in inp.adapters:
+    for adapter in inp.pod_adapters:
         if adapter.source.startswith("pvc://"):
             continue
         target = adapter_path(inp, adapter.name, adapter.version)
@@ -151,7 +151,7 @@ def model_volumes(inp: EngineInput) -> list[Manifest]:
         size_mib = max(1024, int(weights * 1.2) // MIB)  # room for the download's temporary files
         model = {"name": "models", "emptyDir": {"sizeLimit": f"{size_mib}Mi"}}
     volumes = [model]
-    if inp.adapters:
+    if inp.pod_adapters:
         volumes.append({"name": "adapters", "emptyDir": {"sizeLimit": "10Gi"}})
     if inp.gpus_per_pod > 1:  # NCCL and the engines' worker queues use /dev/shm across TP ranks
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
@@ -160,7 +160,7 @@ def model_volumes(inp: EngineInput) -> list[Manifest]:
 
 def volume_mounts(inp: EngineInput) -> list[Manifest]:
     mounts = [{"name": "models", "mountPath": MODEL_MOUNT, "readOnly": inp.spec.model.source.startswith("pvc://")}]
-    if inp.adapters:
+    if inp.pod_adapters:
         mounts.append({"name": "adapters", "mountPath": ADAPTER_MOUNT})
     if inp.gpus_per_pod > 1:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # noqa: S108 - a mount point, not a temp file

@@ -39,7 +39,7 @@ def serve_args(inp: EngineInput) -> list[str]:
     ]  # fmt: skip
     if inp.adapters:
         args += ["--enable-lora"]
-        for adapter in inp.adapters:
+        for adapter in inp.pod_adapters:  # runtime-loaded adapters come through the API instead
             args += ["--lora-modules", f"{adapter.name}={adapter_path(inp, adapter.name, adapter.version)}"]
     if spec.serving.tool_calling:
         family = inp.decision.request.work.model.family
