@@ -56,10 +56,12 @@ class ProcessBackedConfig:
     """What the harness tells the process-backed kubelet.
 
     ``path_map`` maps paths inside a pod to host paths: an exact file (``/models/tiny.gguf``) or a
-    folder and everything below it (``/adapters``).
+    folder and everything below it (``/adapters``). ``extra_env`` is the environment this node adds
+    to every pod process (say, where a stand-in finds its files); a pod's own ``env`` wins.
     """
 
     path_map: Mapping[str, Path]
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     node_labels: Mapping[str, str] = field(default_factory=_default_node_labels)
     pod_network: str = "127.0.1.0/24"
     host_ip: str = "127.0.0.1"
@@ -108,6 +110,7 @@ class ProcessKubelet:
         self._sync_thread: threading.Thread | None = None
         self._settings = WorkerSettings(
             path_map={key: Path(value) for key, value in config.path_map.items()},
+            extra_env=dict(config.extra_env),
             host_ip=config.host_ip,
             backoff_initial_seconds=config.restart_backoff_initial_seconds,
             backoff_max_seconds=config.restart_backoff_max_seconds,

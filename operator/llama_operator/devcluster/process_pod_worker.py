@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from llama_operator.devcluster.process_pods import (
     crashes_after_exit,
     exit_reason,
     pod_status,
+    process_environment,
     restart_backoff_seconds,
     should_restart,
     skipped_init_container,
@@ -81,6 +82,7 @@ class WorkerSettings:
     max_probe_period_seconds: float | None
     termination_message_lines: int
     stop_grace_seconds: float
+    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 class PodWorker:
@@ -253,11 +255,7 @@ class PodWorker:
         if not argv:
             message = "no command in the pod spec: the process-backed kubelet cannot know an image's entrypoint"
             return Terminated(START_ERROR_EXIT_CODE, "StartError", message, started_at, now_rfc3339())
-        process_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.pod_dir),
-            "HOSTNAME": self.name,
-        }
+        base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.pod_dir), "HOSTNAME": self.name}
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         try:
             with log_path.open("wb") as log_file:
@@ -266,7 +264,7 @@ class PodWorker:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    env={**process_env, **environment},
+                    env=process_environment(base_env, self._settings.extra_env, environment),
                     cwd=self.pod_dir,
                     start_new_session=True,
                 )

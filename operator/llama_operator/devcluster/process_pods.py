@@ -114,6 +114,14 @@ def container_environment(
     return values, unresolved
 
 
+def process_environment(
+    base: Mapping[str, str], node_extra: Mapping[str, str], container: Mapping[str, str]
+) -> dict[str, str]:
+    """A pod process' environment: the kubelet's base (PATH, HOME, HOSTNAME), then what the harness
+    adds on this node (``ProcessBackedConfig.extra_env``), then the container's own ``env``, which wins."""
+    return {**base, **node_extra, **container}
+
+
 def container_command(
     container: Manifest, path_map: Mapping[str, Path], pod_ip: str, environment: Mapping[str, str] | None = None
 ) -> list[str]:
