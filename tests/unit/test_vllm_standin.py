@@ -95,7 +95,7 @@ class Servers:
     lora: Standin  # --enable-lora, runtime updating allowed
     locked: Standin  # --enable-lora, runtime updating not allowed
     no_lora: Standin  # runtime updating allowed, LoRA not enabled
-    slow: Standin  # 2 sequences at once, 0.6 s per request
+    slow: Standin  # 2 sequences at once, 1 s per request
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def servers(hub: Path) -> Iterator[Servers]:
             lora=start_standin(lora_flags, runtime),
             locked=start_standin(lora_flags, {"STANDIN_HUB_DIR": str(hub)}),
             no_lora=start_standin([], runtime),
-            slow=start_standin(["--max-num-seqs", "2"], {"STANDIN_DELAY_SECONDS": "0.6"}),
+            slow=start_standin(["--max-num-seqs", "2"], {"STANDIN_DELAY_SECONDS": "1.0"}),
         )
         for standin in (started.lora, started.locked, started.no_lora, started.slow):
             stack.callback(standin.stop)
@@ -274,7 +274,7 @@ class TestQueueMetrics:
         assert f'vllm:num_requests_waiting{{model_name="{NAME}"}} 0.0' in metrics
         with ThreadPoolExecutor(max_workers=4) as pool:
             replies = [pool.submit(chat, url, NAME) for _ in range(4)]
-            deadline = time.monotonic() + 0.5  # the first two finish after 0.6 s
+            deadline = time.monotonic() + 0.9  # the first two finish after 1 s
             seen = ""
             while time.monotonic() < deadline:
                 seen = httpx.get(f"{url}/metrics", timeout=5).text
@@ -287,7 +287,7 @@ class TestQueueMetrics:
 
 
 def test_the_port_stays_closed_while_loading_and_sigterm_finishes_requests_in_flight() -> None:
-    standin = start_standin([], {"STANDIN_LOAD_SECONDS": "1.0", "STANDIN_DELAY_SECONDS": "0.5"})
+    standin = start_standin([], {"STANDIN_LOAD_SECONDS": "1.0", "STANDIN_DELAY_SECONDS": "1.0"})
     try:
         time.sleep(0.3)
         with pytest.raises(httpx.ConnectError):
@@ -297,7 +297,10 @@ def test_the_port_stays_closed_while_loading_and_sigterm_finishes_requests_in_fl
         result: list[httpx.Response] = []
         request = threading.Thread(target=lambda: result.append(chat(standin.url, NAME)))
         request.start()
-        time.sleep(0.2)  # the request is in its 0.5 s "generation"
+        running = f'vllm:num_requests_running{{model_name="{NAME}"}} 1.0'
+        deadline = time.monotonic() + 0.8
+        while running not in httpx.get(f"{standin.url}/metrics", timeout=1).text and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the request is in its 1 s "generation"
         standin.process.send_signal(signal.SIGTERM)
         assert standin.process.wait(timeout=5) == 0
         request.join(timeout=5)
