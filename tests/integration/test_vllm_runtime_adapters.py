@@ -1,0 +1,176 @@
+"""vLLM's runtime adapter API, driven by the operator on pods running the vLLM stand-in: a swap loads
+pod by pod without restarting any pod and without a failed request, a broken adapter (HTTP 400 on load)
+rolls back by itself, and a pod that restarts gets the adapters before it takes traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as kube_client
+
+from llama_operator.devcluster import ControlPlane
+from tests.integration.conftest import poll_until
+from tests.integration.load import Load
+from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, create_namespace, running_operator
+from tests.integration.test_operator import OperatorProcess
+from tests.integration.vllm_fixtures import VllmAssets, make_vllm_assets, vllm_control_plane, vllm_llama_deployment
+
+pytestmark = pytest.mark.integration
+
+NAME = "vllm-adapters"
+REPLICAS = 2
+TIMEOUT = 90
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> VllmAssets:
+    return make_vllm_assets(tmp_path_factory.mktemp("vllm-assets"))
+
+
+@pytest.fixture(scope="module")
+def plane(assets: VllmAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with vllm_control_plane(assets, tmp_path_factory.mktemp("vllm-plane"), delay_seconds=0.05) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def api_client(plane: ControlPlane) -> Iterator[Any]:
+    with plane.new_api_client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def operator(
+    plane: ControlPlane, api_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    with running_operator(plane, api_client, tmp_path_factory.mktemp("operator")) as process:
+        yield process
+
+
+def adapter(version: str) -> dict[str, str]:
+    return {"name": "support", "source": f"hf://org/support-{version}", "version": version}
+
+
+@pytest.fixture(scope="module")
+def deployed(api_client: Any, operator: OperatorProcess) -> str:
+    namespace = create_namespace(api_client)
+    manifest = vllm_llama_deployment(NAME, adapters=[adapter("v1")], replicas=REPLICAS)
+    manifest["spec"]["adapterRollout"] = {
+        "smokeRequest": {"prompt": "Say hello.", "maxTokens": 4},
+        "timeoutSeconds": 120,
+    }
+    kube_client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, manifest
+    )
+    wait_rollout(api_client, namespace, lambda r: r.get("phase") == "Succeeded", "v1 loaded everywhere", operator)
+    return namespace
+
+
+def get(api_client: Any, namespace: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME
+    )
+    return obj
+
+
+def wait_rollout(api_client: Any, namespace: str, check: Any, what: str, operator: OperatorProcess) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        rollout = (get(api_client, namespace).get("status") or {}).get("adapterRollout") or {}
+        return rollout if check(rollout) else None
+
+    try:
+        return poll_until(probe, TIMEOUT, what, interval_seconds=0.05)
+    except pytest.fail.Exception:
+        print(operator.log_tail())  # shown by pytest only when the test fails
+        raise
+
+
+def set_adapter(api_client: Any, namespace: str, version: str) -> None:
+    kube_client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"adapters": [adapter(version)]}}
+    )
+
+
+def pods(api_client: Any, namespace: str) -> dict[str, str]:
+    """Live pod name -> the adapter set it has loaded (its llamaops.io/adapters-loaded condition)."""
+    listed = kube_client.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector=f"llamaops.io/deployment={NAME}"
+    )
+    loaded = {}
+    for pod in listed.items:
+        if pod.metadata.deletion_timestamp is None:
+            condition = next((c for c in pod.status.conditions or [] if c.type == "llamaops.io/adapters-loaded"), None)
+            loaded[pod.metadata.name] = condition.message if condition else ""
+    return loaded
+
+
+def chat_by_adapter_name() -> dict[str, Any]:
+    return {"model": "support", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}
+
+
+def test_swap_loads_pod_by_pod_without_restarts_or_failed_requests(
+    api_client: Any, deployed: str, operator: OperatorProcess
+) -> None:
+    namespace = deployed
+    before = pods(api_client, namespace)
+    assert set(before.values()) == {"support@v1"}
+    with Load(api_client, namespace, NAME, chat_by_adapter_name, clients=3, max_seconds=120) as load:
+        poll_until(lambda: True if load.result.total >= 10 else None, 30, "the load to be flowing")
+        set_adapter(api_client, namespace, "v2")
+        done = wait_rollout(
+            api_client, namespace, lambda r: r.get("phase") == "Succeeded" and r.get("target") == ["support@v2"],
+            "v2 loaded everywhere", operator,
+        )  # fmt: skip
+        result = load.stop()
+    print(f"vLLM runtime swap: {result.total} requests, {len(result.failures)} failed, {dict(result.succeeded)}")
+    assert result.failures == []
+    after = pods(api_client, namespace)
+    assert set(after) == set(before), "no pod was restarted or replaced"
+    assert set(after.values()) == {"support@v2"}
+    assert sorted(done["verifiedPods"]) == sorted(after)
+
+
+def test_broken_adapter_is_rolled_back_by_itself(api_client: Any, deployed: str, operator: OperatorProcess) -> None:
+    namespace = deployed
+    with Load(api_client, namespace, NAME, chat_by_adapter_name, clients=3, max_seconds=120) as load:
+        poll_until(lambda: True if load.result.total >= 10 else None, 30, "the load to be flowing")
+        set_adapter(api_client, namespace, "v3")
+        rolled = wait_rollout(api_client, namespace, lambda r: r.get("phase") == "RolledBack", "the rollback", operator)
+        poll_until(
+            lambda: True if set(pods(api_client, namespace).values()) == {"support@v2"} else None,
+            60,
+            "the canary back on v2",
+        )
+        result = load.stop()
+    print(f"vLLM broken v3: {result.total} requests, {len(result.failures)} failed; {rolled['message']}")
+    assert result.failures == []
+    assert "support@v3" in rolled["failed"]
+    assert "HTTP 400" in rolled["message"]
+
+
+def test_a_restarted_pod_gets_its_adapters_before_traffic(
+    api_client: Any, deployed: str, operator: OperatorProcess
+) -> None:
+    namespace = deployed
+    core = kube_client.CoreV1Api(api_client)
+    victim = sorted(pods(api_client, namespace))[0]
+    core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
+
+    def replacement_ready() -> Any:
+        listed = core.list_namespaced_pod(namespace, label_selector=f"llamaops.io/deployment={NAME}").items
+        fresh = [p for p in listed if p.metadata.name != victim and p.metadata.deletion_timestamp is None]
+        for pod in fresh:
+            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            if ready and pod.metadata.name not in {victim} and pods(api_client, namespace).get(pod.metadata.name):
+                return pod
+        return None
+
+    pod = poll_until(replacement_ready, TIMEOUT, "a replacement pod Ready")
+    loaded = next(c for c in pod.status.conditions if c.type == "llamaops.io/adapters-loaded")
+    gate = next(c for c in pod.status.conditions if c.type == "llamaops.io/adapters-verified")
+    ready = next(c for c in pod.status.conditions if c.type == "Ready")
+    assert loaded.message == "support@v2"
+    assert gate.status == "True"
+    assert ready.last_transition_time >= gate.last_transition_time, "Ready only after the adapters were verified"
