@@ -134,6 +134,7 @@ class TestLlamaCpp:
         assert flag(c["args"], "--n-gpu-layers") == "0"
         assert flag(c["args"], "--parallel") == "4"
         assert flag(c["args"], "--ctx-size") == str(8192 * 4)
+        assert int(flag(c["args"], "--threads-http")) >= 4 + 2, "queued requests must not starve /health"
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
         assert c["image"].endswith(":server-b6900")
 

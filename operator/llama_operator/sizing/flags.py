@@ -42,6 +42,10 @@ def _tgi_args(work: Workload, shape: Shape) -> list[str]:
     ]  # fmt: skip
 
 
+def llamacpp_http_threads(parallel: int) -> int:
+    return min(256, max(4 * parallel, parallel + 8))
+
+
 def _llamacpp_args(work: Workload, shape: Shape) -> list[str]:
     gpu_layers = work.model.layers + 1 if shape.gpus else 0  # + 1: the output layer
     args = [
@@ -51,6 +55,8 @@ def _llamacpp_args(work: Workload, shape: Shape) -> list[str]:
         "--ubatch-size", str(LLAMACPP_UBATCH),
         "--cache-type-k", "f16",
         "--cache-type-v", "f16",
+        # Waiting requests hold an HTTP thread each: leave room for queued requests, /health and /metrics.
+        "--threads-http", str(llamacpp_http_threads(work.max_sequences)),
     ]  # fmt: skip
     if shape.gpus > 1:
         args += ["--split-mode", "layer"]
