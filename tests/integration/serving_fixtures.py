@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +201,33 @@ def tiny_llama_deployment(
             }
         ]
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LlamaDeployment", "metadata": {"name": name}, "spec": spec}
+
+
+def get_llamadeployment(api_client: Any, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+def wait_adapter_rollout(
+    api_client: Any,
+    namespace: str,
+    name: str,
+    check: Callable[[dict[str, Any]], bool],
+    *,
+    what: str,
+    operator: OperatorProcess,
+    timeout_seconds: float = 120,
+) -> dict[str, Any]:
+    """`status.adapterRollout` once `check` holds; the operator's log is printed when it never does."""
+
+    def probe() -> dict[str, Any] | None:
+        rollout = (get_llamadeployment(api_client, namespace, name).get("status") or {}).get("adapterRollout") or {}
+        return rollout if check(rollout) else None
+
+    try:
+        return poll_until(probe, timeout_seconds, what, interval_seconds=0.05)
+    except pytest.fail.Exception:
+        print(operator.log_tail())  # shown by pytest only when the test fails
+        raise

@@ -20,10 +20,12 @@ from tests.integration.serving_fixtures import (
     VERSION,
     ServingAssets,
     create_namespace,
+    get_llamadeployment,
     make_serving_assets,
     running_operator,
     serving_control_plane,
     tiny_llama_deployment,
+    wait_adapter_rollout,
 )
 from tests.integration.test_operator import OperatorProcess
 
@@ -85,22 +87,13 @@ def deployed(api_client: Any, operator: OperatorProcess, assets: ServingAssets) 
 
 
 def get(api_client: Any, namespace: str) -> dict[str, Any]:
-    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME
-    )
-    return obj
+    return get_llamadeployment(api_client, namespace, NAME)
 
 
 def wait_rollout(api_client: Any, namespace: str, check: Any, what: str, operator: OperatorProcess) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        rollout = (get(api_client, namespace).get("status") or {}).get("adapterRollout") or {}
-        return rollout if check(rollout) else None
-
-    try:
-        return poll_until(probe, ROLLOUT_TIMEOUT, what, interval_seconds=0.05)
-    except pytest.fail.Exception:
-        print(operator.log_tail())  # shown by pytest only when the test fails
-        raise
+    return wait_adapter_rollout(
+        api_client, namespace, NAME, check, what=what, operator=operator, timeout_seconds=ROLLOUT_TIMEOUT
+    )
 
 
 def set_version(api_client: Any, namespace: str, version: str) -> None:

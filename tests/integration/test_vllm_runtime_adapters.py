@@ -13,7 +13,15 @@ from kubernetes import client as kube_client
 from llama_operator.devcluster import ControlPlane
 from tests.integration.conftest import poll_until
 from tests.integration.load import Load
-from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, create_namespace, running_operator
+from tests.integration.serving_fixtures import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    create_namespace,
+    get_llamadeployment,
+    running_operator,
+    wait_adapter_rollout,
+)
 from tests.integration.test_operator import OperatorProcess
 from tests.integration.vllm_fixtures import VllmAssets, make_vllm_assets, vllm_control_plane, vllm_llama_deployment
 
@@ -69,22 +77,13 @@ def deployed(api_client: Any, operator: OperatorProcess) -> str:
 
 
 def get(api_client: Any, namespace: str) -> dict[str, Any]:
-    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME
-    )
-    return obj
+    return get_llamadeployment(api_client, namespace, NAME)
 
 
 def wait_rollout(api_client: Any, namespace: str, check: Any, what: str, operator: OperatorProcess) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        rollout = (get(api_client, namespace).get("status") or {}).get("adapterRollout") or {}
-        return rollout if check(rollout) else None
-
-    try:
-        return poll_until(probe, TIMEOUT, what, interval_seconds=0.05)
-    except pytest.fail.Exception:
-        print(operator.log_tail())  # shown by pytest only when the test fails
-        raise
+    return wait_adapter_rollout(
+        api_client, namespace, NAME, check, what=what, operator=operator, timeout_seconds=TIMEOUT
+    )
 
 
 def set_adapter(api_client: Any, namespace: str, version: str) -> None:
