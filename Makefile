@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup controlplane lint unit integration crds golden bench clean
+.PHONY: demo test setup controlplane llamaserver lint unit integration crds golden bench clean
 
-demo: setup controlplane
+demo: setup controlplane llamaserver
 	$(BIN)/llama-operator dev
 
-test: setup controlplane lint
+test: setup controlplane llamaserver lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 setup: $(STAMP)
@@ -23,6 +23,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 controlplane:
 	bash hack/build-controlplane.sh >/dev/null
+
+llamaserver:
+	bash hack/build-llama-server.sh >/dev/null
 
 lint: setup
 	$(BIN)/ruff check operator tests bench
