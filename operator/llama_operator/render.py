@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_operator.adapters.rollout import ADAPTERS_ANNOTATION, GATE_CONDITION, adapter_key
-from llama_operator.api.spec import GROUP, KIND, VERSION, Adapter, LlamaDeploymentSpec
+from llama_operator.api.spec import GROUP, KIND, VERSION, Adapter, LlamaDeploymentSpec, canary_size
 from llama_operator.engines import render_engine_container
 from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineImages, EngineInput, Manifest
 from llama_operator.engines.pod import TERMINATION_GRACE_SECONDS
@@ -159,7 +159,7 @@ def _pod_template(inp: EngineInput, engine: EngineContainer, container: Manifest
 def _max_surge(inp: EngineInput) -> int | str:
     """Canary: the first `canaryReplicas` new pods are the canary (they stay unready until verified)."""
     policy = inp.spec.adapter_rollout
-    return "100%" if policy.strategy == "AllAtOnce" and inp.adapters else policy.canary_replicas
+    return "100%" if policy.strategy == "AllAtOnce" and inp.adapters else canary_size(policy, inp.spec.replicas)
 
 
 def render_deployment(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:

@@ -196,3 +196,11 @@ def test_runtime_rollback_reloads_the_canary_and_restarted_pods_get_loaded() -> 
 
 def serving_v1_hub() -> RolloutState:
     return RolloutState(phase="Succeeded", target=adapter_key(HUB_V1), serving=HUB_V1, last_good=HUB_V1)
+
+
+def test_canary_percent_rounds_up_and_wins_over_replicas() -> None:
+    policy = AdapterRolloutPolicy(canary_replicas=1, canary_percent=25)
+    start = step_rollout(V2, serving_v1(), [], replicas=6, policy=policy, now=T0)
+    pods = [pod(f"old-{i}", V1, "True") for i in range(6)] + [pod(f"new-{i}", V2) for i in range(3)]
+    step = step_rollout(V2, start.state, pods, replicas=6, policy=policy, now=T0 + 1)
+    assert step.actions == (SmokeTest("new-0"), SmokeTest("new-1")), "25% of 6 replicas rounds up to 2 pods"

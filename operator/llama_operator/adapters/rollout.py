@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from llama_operator.api.spec import Adapter, AdapterRolloutPolicy
+from llama_operator.api.spec import Adapter, AdapterRolloutPolicy, canary_size
 
 GATE_CONDITION = "llamaops.io/adapters-verified"
 ADAPTERS_ANNOTATION = "llamaops.io/adapters"
@@ -202,9 +202,9 @@ def _progress(
     serving = state.serving_key
     pending = _gate_pending(pods, serving)
     if state.step == "Canary" and policy.strategy == "Canary":
-        canary_size = min(policy.canary_replicas, max(replicas, 1))
-        if len(state.verified_pods) < canary_size:
-            return Step(state, _advance(state, pods, pending, canary_size - len(state.verified_pods), runtime=runtime))
+        canary = canary_size(policy, replicas)
+        if len(state.verified_pods) < canary:
+            return Step(state, _advance(state, pods, pending, canary - len(state.verified_pods), runtime=runtime))
         passed = f"canary {', '.join(state.verified_pods)} passed the smoke request"
         next_step = "MetricGate" if policy.metric_gate else "Rolling"
         state = replace(state, canary_verified_time=now, step=next_step, message=passed)

@@ -379,10 +379,22 @@ class AdapterRolloutPolicy(CamelModel):
         default="Canary", description="Canary: one pod (or canaryReplicas) first, gated; AllAtOnce: every pod at once."
     )
     canary_replicas: int = Field(default=1, ge=1, le=100, description="Pods that take the new adapters first.")
+    canary_percent: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Canary size as a percentage of replicas (rounded up, at least one pod); wins over canaryReplicas.",
+    )
     smoke_request: SmokeRequest = Field(default_factory=SmokeRequest, description="Request every new pod must pass.")
     metric_gate: MetricGate | None = Field(default=None, description="Optional Prometheus check after the canary.")
     pause_seconds: int = Field(default=0, ge=0, le=3600, description="Wait between pods after the canary.")
     timeout_seconds: int = Field(default=1800, ge=30, le=86400, description="Roll back when not done in time.")
+
+
+def canary_size(policy: AdapterRolloutPolicy, replicas: int) -> int:
+    """Pods in the canary step: canaryPercent of replicas (rounded up) or canaryReplicas, within 1..replicas."""
+    wanted = -(-replicas * policy.canary_percent // 100) if policy.canary_percent else policy.canary_replicas
+    return max(1, min(wanted, max(replicas, 1)))
 
 
 class LocalObjectReference(CamelModel):
