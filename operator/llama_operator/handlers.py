@@ -53,10 +53,14 @@ def _context(memo: kopf.Memo) -> OperatorContext:
     return context
 
 
-def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
+# One lock per LlamaDeployment for the whole process. (Not in kopf's memo: handlers of other objects,
+# such as the pod and Deployment events below, get their own shallow copies of it.)
+_PASS_LOCKS: dict[str, asyncio.Lock] = {}
+
+
+def _lock(namespace: str, name: str) -> asyncio.Lock:
     """One pass at a time per LlamaDeployment: the main handler, the timer and child events share it."""
-    locks: dict[str, asyncio.Lock] = memo.setdefault("locks", {})
-    return locks.setdefault(f"{namespace}/{name}", asyncio.Lock())
+    return _PASS_LOCKS.setdefault(f"{namespace}/{name}", asyncio.Lock())
 
 
 def _post_events(owner: dict[str, Any], before: dict[str, Any], outcome: Outcome) -> None:
@@ -78,7 +82,7 @@ async def _pass(
     ctx: OperatorContext, memo: kopf.Memo, namespace: str, name: str, logger: kopf.Logger, *, apply: bool
 ) -> Outcome | None:
     """Read the object fresh, reconcile it, write status when it changed, post events on decisions."""
-    async with _lock(memo, namespace, name):
+    async with _lock(namespace, name):
         owner = await asyncio.to_thread(ctx.kube.get, f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return None
@@ -208,3 +212,4 @@ async def autoscaler(
 async def forget(name: str, namespace: str | None, **_: Any) -> None:
     """Children go by garbage collection (owner references); only the operator's own gauges remain."""
     forget_deployment(namespace or "", name)
+    _PASS_LOCKS.pop(f"{namespace}/{name}", None)
