@@ -202,10 +202,9 @@ async def autoscaler(
 ) -> None:
     """Evaluate the queue metrics every evaluationIntervalSeconds while autoscaling is enabled."""
     ctx = _context(memo)
-    async with httpx.AsyncClient() as http:
-        while not stopped:
-            interval = await _autoscale_once(ctx, http, body, logger)
-            await stopped.wait(interval)
+    while not stopped:
+        interval = await _autoscale_once(ctx, ctx.http, body, logger)
+        await stopped.wait(interval)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)

@@ -21,6 +21,7 @@ from llama_operator.adapters.drive import (
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus
 from llama_operator.api.timestamps import rfc3339
+from llama_operator.engines.base import served_model_name
 from llama_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import SIZING_DECISIONS, record_phase
 from llama_operator.operator_config import OperatorConfig
@@ -123,7 +124,7 @@ async def reconcile(
             namespace=ref.namespace,
             spec=spec,
             engine=decision.request.engine,
-            served_name=spec.serving.served_model_name or ref.name,
+            served_name=served_model_name(spec, ref.name),
             state=state_from_status(status_body),
             pods=pods,
             fake_nodes=fake_node_names(nodes),

@@ -28,6 +28,11 @@ class EngineImages:
     s3_downloader: str = "amazon/aws-cli:2.31.0"
 
 
+def served_model_name(spec: LlamaDeploymentSpec, name: str) -> str:
+    """The `model` clients send: serving.servedModelName, else the object's name."""
+    return spec.serving.served_model_name or name
+
+
 @dataclass(frozen=True)
 class EngineInput:
     """A fitting plan for one LlamaDeployment, ready to render."""
@@ -50,7 +55,7 @@ class EngineInput:
 
     @property
     def served_model_name(self) -> str:
-        return self.spec.serving.served_model_name or self.name
+        return served_model_name(self.spec, self.name)
 
     @property
     def gpus_per_pod(self) -> int:

@@ -6,9 +6,7 @@ from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineI
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
-    model_init_containers,
     model_path,
-    model_volumes,
 )
 
 PORT = 8080
@@ -43,21 +41,13 @@ def server_args(inp: EngineInput) -> list[str]:
 
 
 def render_llamacpp_container(inp: EngineInput) -> EngineContainer:
-    container = engine_container(
+    return engine_container(
         inp,
         image=image(inp),
         command=[SERVER_BINARY],
         args=server_args(inp),
         engine_env={},
         ports=[{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-    )
-    return EngineContainer(
-        container=container,
-        port=PORT,
-        metrics_port=PORT,
-        metrics_path="/metrics",
         queue_metric=QUEUE_METRIC,
         running_metric=RUNNING_METRIC,
-        volumes=model_volumes(inp),
-        init_containers=model_init_containers(inp, image(inp)),
     )

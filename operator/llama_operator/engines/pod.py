@@ -5,7 +5,14 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-from llama_operator.engines.base import ADAPTER_MOUNT, HTTP_PORT_NAME, MODEL_MOUNT, EngineInput, Manifest
+from llama_operator.engines.base import (
+    ADAPTER_MOUNT,
+    HTTP_PORT_NAME,
+    MODEL_MOUNT,
+    EngineContainer,
+    EngineInput,
+    Manifest,
+)
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, MIB
 
 HEALTH_PATH = "/health"
@@ -188,10 +195,12 @@ def engine_container(
     args: list[str],
     engine_env: dict[str, str],
     ports: list[Manifest],
-) -> Manifest:
-    """The engine container every builder shares: probes, drain, resources, volumes; the engine's own
-    image, command, args, env and ports."""
-    return {
+    queue_metric: str,
+    running_metric: str,
+) -> EngineContainer:
+    """What every builder shares: probes, drain, resources, volumes, the model download and metrics on
+    the API port; the engine gives its own image, command, args, env, ports and queue metrics."""
+    container = {
         "name": "engine",
         "image": image,
         "command": command,
@@ -205,6 +214,17 @@ def engine_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         **probes(),
     }
+    port = next(p["containerPort"] for p in ports if p["name"] == HTTP_PORT_NAME)
+    return EngineContainer(
+        container=container,
+        port=port,
+        metrics_port=port,
+        metrics_path="/metrics",
+        queue_metric=queue_metric,
+        running_metric=running_metric,
+        volumes=model_volumes(inp),
+        init_containers=model_init_containers(inp, image),
+    )
 
 
 def env_list(inp: EngineInput, engine_env: dict[str, str]) -> list[Manifest]:

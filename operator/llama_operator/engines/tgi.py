@@ -6,9 +6,7 @@ from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineI
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
-    model_init_containers,
     model_path,
-    model_volumes,
 )
 
 PORT = 8080
@@ -47,7 +45,7 @@ def render_tgi_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"USAGE_STATS": "off"}  # no telemetry from inside a customer's cluster
     if inp.adapters:
         engine_env["LORA_ADAPTERS"] = ",".join(f"{a.name}={adapter_path(inp, a.name, a.version)}" for a in inp.adapters)
-    container = engine_container(
+    return engine_container(
         inp,
         image=image(inp),
         command=["text-generation-launcher"],
@@ -57,14 +55,6 @@ def render_tgi_container(inp: EngineInput) -> EngineContainer:
             {"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
             {"name": "prometheus", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"},
         ],
-    )
-    return EngineContainer(
-        container=container,
-        port=PORT,
-        metrics_port=PORT,
-        metrics_path="/metrics",
         queue_metric=QUEUE_METRIC,
         running_metric=RUNNING_METRIC,
-        volumes=model_volumes(inp),
-        init_containers=model_init_containers(inp, image(inp)),
     )

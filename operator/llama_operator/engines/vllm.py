@@ -6,9 +6,7 @@ from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineI
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
-    model_init_containers,
     model_path,
-    model_volumes,
 )
 
 PORT = 8000
@@ -53,21 +51,13 @@ def render_vllm_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # no telemetry from a customer's cluster
     if inp.adapters:
         engine_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
-    container = engine_container(
+    return engine_container(
         inp,
         image=image(inp),
         command=["vllm", "serve"],
         args=serve_args(inp),
         engine_env=engine_env,
         ports=[{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-    )
-    return EngineContainer(
-        container=container,
-        port=PORT,
-        metrics_port=PORT,
-        metrics_path="/metrics",
         queue_metric=QUEUE_METRIC,
         running_metric=RUNNING_METRIC,
-        volumes=model_volumes(inp),
-        init_containers=model_init_containers(inp, image(inp)),
     )
