@@ -6,10 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from llama_operator.operator_config import load_config
+import yaml
+from pydantic import ValidationError
+
+from llama_operator.operator_config import OperatorConfig, load_config
 from llama_operator.plan_output import (
     InvalidSpecError,
     PlanInputError,
+    describe_yaml_error,
     format_results,
     inventory_from_node_documents,
     load_documents,
@@ -17,21 +21,55 @@ from llama_operator.plan_output import (
 )
 
 EXIT_INVALID = 2
+STDIN_NAME = "<stdin>"
+
+
+def _read_text(path: str) -> tuple[str, str]:
+    """(the name to show, the text) of a file, or of stdin for `-`; PlanInputError names the file."""
+    if path == "-":
+        return STDIN_NAME, sys.stdin.read()
+    try:
+        return path, Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise PlanInputError(f"{path}: cannot read: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise PlanInputError(f"{path}: not a YAML text file (byte {error.start} is not UTF-8)") from error
+
+
+def _plan_config(path: Path | None) -> OperatorConfig:
+    """The operator settings file, checked whole before planning; PlanInputError names the file."""
+    try:
+        config = load_config(path)
+        config.engine_images()
+    except OSError as error:
+        raise PlanInputError(f"{path}: cannot read: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise PlanInputError(describe_yaml_error(str(path), error)) from error
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())
+        raise PlanInputError(f"{path}: {problems}") from error
+    except ValueError as error:
+        raise PlanInputError(f"{path}: {error}") from error
+    return config
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
     try:
-        docs = load_documents(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
-        inventory = (
-            inventory_from_node_documents(load_documents(Path(args.nodes).read_text()), config)
-            if args.nodes
-            else config.default_inventory()
-        )
+        config = _plan_config(args.config)
+        source, text = _read_text(args.file)
+        docs = load_documents(text, source)
+        if args.nodes:
+            nodes_source, nodes_text = _read_text(args.nodes)
+            inventory = inventory_from_node_documents(load_documents(nodes_text, nodes_source), config)
+        else:
+            inventory = config.default_inventory()
         if not docs:
-            raise PlanInputError(f"{args.file} holds no manifests")
-        results = [plan_manifest(doc, inventory, config) for doc in docs]
-    except (InvalidSpecError, PlanInputError, OSError) as error:
+            raise PlanInputError(f"{source} holds no manifests")
+        try:
+            results = [plan_manifest(doc, inventory, config) for doc in docs]
+        except (InvalidSpecError, PlanInputError) as error:
+            raise PlanInputError(f"{source}: {error}") from error
+    except PlanInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     print(format_results(results, args.output))

@@ -20,7 +20,7 @@ Manifest = dict[str, Any]
 
 
 class PlanInputError(ValueError):
-    """The input file is not a LlamaDeployment manifest; the message says what was found."""
+    """The input is not LlamaDeployment manifests (or Node objects); the message says what was found, and where."""
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,71 @@ class PlanResult:
     placement: str
 
 
-def load_documents(text: str) -> list[Manifest]:
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+def describe_yaml_error(source: str, error: yaml.YAMLError) -> str:
+    """One line: the source, where YAML found the problem (line, column, counted from 1), and the problem."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = error.problem or "unreadable"
+        context = f" ({error.context})" if error.context else ""
+        return " ".join(f"{source}: {where}not valid YAML: {problem}{context}".split())
+    return " ".join(f"{source}: not valid YAML: {error}".split())
+
+
+def _described(value: object) -> str:
+    """What a YAML value is, in YAML's words: 'a list', 'a string', ..."""
+    if value is None:
+        return "empty"
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _documents_with_lines(text: str, source: str) -> list[tuple[int, object]]:
+    """Each YAML document with the line it starts on; a YAML error names the source, line and column."""
+    loader = yaml.SafeLoader(text)
+    documents: list[tuple[int, object]] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                documents.append((node.start_mark.line + 1, loader.construct_document(node)))
+    except yaml.YAMLError as error:
+        raise PlanInputError(describe_yaml_error(source, error)) from error
+    finally:
+        loader.dispose()
+    return documents
+
+
+def load_documents(text: str, source: str = "<input>") -> list[Manifest]:
+    """The objects of a YAML stream, with `kind: *List` documents unpacked into their items.
+
+    PlanInputError names `source` (a file name) and where in it the YAML or its shape is wrong.
+    """
     items: list[Manifest] = []
-    for doc in docs:
+    for number, (line, doc) in enumerate(_documents_with_lines(text, source), start=1):
+        where = f"{source}: document {number} (line {line})"
+        if doc is None:
+            continue
         if not isinstance(doc, dict):
-            raise PlanInputError(f"expected a YAML mapping, found {type(doc).__name__}")
-        items.extend(doc.get("items", []) if str(doc.get("kind", "")).endswith("List") else [doc])
+            raise PlanInputError(f"{where} is {_described(doc)}, expected a mapping (a Kubernetes object)")
+        if not str(doc.get("kind", "")).endswith("List"):
+            items.append(doc)
+            continue
+        listed = doc.get("items") or []
+        if not isinstance(listed, list):
+            raise PlanInputError(f"{where}: items is {_described(listed)}, expected a list of mappings")
+        for index, item in enumerate(listed):
+            if not isinstance(item, dict):
+                raise PlanInputError(f"{where}: items[{index}] is {_described(item)}, expected a mapping")
+            items.append(item)
     return items
+
+
+def _mapping_field(manifest: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = manifest.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise PlanInputError(f"{name} is {_described(value)}, expected a mapping")
+    return value
 
 
 def inventory_from_node_documents(docs: Iterable[Manifest], config: OperatorConfig) -> Inventory:
@@ -54,12 +111,12 @@ def plan_manifest(manifest: Mapping[str, Any], inventory: Inventory, config: Ope
         raise PlanInputError(
             f"expected kind {KIND} ({GROUP}/v1alpha1), found {manifest.get('kind')} ({api_version or 'no apiVersion'})"
         )
-    metadata = manifest.get("metadata") or {}
+    metadata = _mapping_field(manifest, "metadata")
     name = str(metadata.get("name") or "")
     if not name:
         raise PlanInputError("metadata.name is required")
     namespace = str(metadata.get("namespace") or "default")
-    spec = parse_spec(manifest.get("spec") or {})
+    spec = parse_spec(_mapping_field(manifest, "spec"))
     decision = plan(spec, name, inventory)
     children = (
         render(name, namespace, spec, decision, options=RenderOptions(images=config.engine_images()))
@@ -117,4 +174,12 @@ def format_results(results: list[PlanResult], output: str) -> str:
     return json.dumps(payload, indent=2)
 
 
-__all__ = ["InvalidSpecError", "PlanInputError", "PlanResult", "format_results", "load_documents", "plan_manifest"]
+__all__ = [
+    "InvalidSpecError",
+    "PlanInputError",
+    "PlanResult",
+    "describe_yaml_error",
+    "format_results",
+    "load_documents",
+    "plan_manifest",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,105 @@ def test_table_output_lists_every_example(capsys: pytest.CaptureFixture[str], tm
     assert code == 0
     for example in EXAMPLES:
         assert yaml.safe_load(example.read_text())["metadata"]["name"] in out
+
+
+def assert_one_line_error(code: int, out: object, err: str, *names: str) -> None:
+    """What a user sees for bad input: exit 2, nothing on stdout, one `error:` line naming what is wrong."""
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ")
+    assert err.endswith("\n"), err
+    assert err.count("\n") == 1, err
+    for name in names:
+        assert name in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("apiVersion: v1\nkind: [oops\n  metadata: {\n", "line 3, column 11"),
+        ("apiVersion: v1\n\tkind: LlamaDeployment\n", "line 2, column 1"),
+        ("kind: LlamaDeployment\nmetadata: {name: a\n", "line 3, column 1"),
+        ("kind: LlamaDeployment\n---\nkind: x\n  y: z\n", "line 4, column 4"),
+    ],
+    ids=["flow-sequence", "tab-indent", "unclosed-mapping", "second-document"],
+)
+def test_malformed_yaml_is_one_line_naming_the_file_line_and_column(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, where: str
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    code, out, err = run_plan(capsys, "-f", str(path))
+    assert_one_line_error(code, out, err, str(path), where)
+
+
+def test_malformed_yaml_on_stdin_names_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("kind: [oops\n"))
+    code, out, err = run_plan(capsys, "-f", "-")
+    assert_one_line_error(code, out, err, "<stdin>", "line 2, column 1")
+
+
+def test_malformed_nodes_file_is_one_line_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text("items:\n- kind: Node\n  metadata: {name: [n1}\n")
+    code, out, err = run_plan(capsys, "-f", str(EXAMPLES[0]), "--nodes", str(nodes))
+    assert_one_line_error(code, out, err, str(nodes), "line 3")
+
+
+def test_missing_file_is_one_line_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    code, out, err = run_plan(capsys, "-f", str(missing))
+    assert_one_line_error(code, out, err, str(missing), "No such file")
+
+
+def test_file_that_is_not_text_is_one_line_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00\xff\xfe\x00")
+    code, out, err = run_plan(capsys, "-f", str(path))
+    assert_one_line_error(code, out, err, str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("- a\n- b\n", "document 1 (line 1) is a list, expected a mapping"),
+        ("just words\n", "document 1 (line 1) is a string, expected a mapping"),
+        ("kind: LlamaDeployment\n---\n42\n", "document 2 (line 3) is a number, expected a mapping"),
+        ("apiVersion: v1\nkind: List\nitems: [oops]\n", "items[0] is a string, expected a mapping"),
+        ("apiVersion: v1\nkind: List\nitems: 7\n", "items is a number, expected a list of mappings"),
+        (
+            "apiVersion: llamaops.io/v1alpha1\nkind: LlamaDeployment\nmetadata: [x]\n",
+            "metadata is a list, expected a mapping",
+        ),
+        (
+            "apiVersion: llamaops.io/v1alpha1\nkind: LlamaDeployment\nmetadata: {name: x}\nspec: [model]\n",
+            "spec is a list, expected a mapping",
+        ),
+    ],
+    ids=["list", "scalar", "second-document", "list-item", "list-items", "metadata", "spec"],
+)
+def test_document_that_is_not_a_mapping_is_one_line_naming_the_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, what: str
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    code, out, err = run_plan(capsys, "-f", str(path))
+    assert_one_line_error(code, out, err, str(path), what)
+
+
+def test_invalid_config_file_is_one_line_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("gpuClasses: [{name: x\n")
+    code, out, err = run_plan_with_config(capsys, config, "-f", str(EXAMPLES[0]))
+    assert_one_line_error(code, out, err, str(config), "line 2")
+    config.write_text("images: {sglang: example/sglang:1}\n")
+    code, out, err = run_plan_with_config(capsys, config, "-f", str(EXAMPLES[0]))
+    assert_one_line_error(code, out, err, str(config), "sglang")
+
+
+def run_plan_with_config(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, Any, str]:
+    code = main(["--config", str(config), "plan", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
