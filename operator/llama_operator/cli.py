@@ -61,6 +61,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if args.nodes:
             nodes_source, nodes_text = _read_text(args.nodes)
             inventory = inventory_from_node_documents(load_documents(nodes_text, nodes_source), config)
+            for reason in inventory.skipped_nodes:
+                print(f"warning: {nodes_source}: {reason}; planning without this node", file=sys.stderr)
         else:
             inventory = config.default_inventory()
         if not docs:

@@ -207,3 +207,82 @@ def test_sizing_on_a_cluster_with_small_l4_nodes_uses_what_the_nodes_offer() -> 
     assert decision.chosen.gpu_class is not None
     assert decision.chosen.label == "1 x h100-80gb"
     assert all("gpu-24gb" not in c for c in decision.alternatives)
+
+
+# Quantities as the apiserver writes them: it normalises to its own canonical form, so a node's
+# allocatable 1000 GPUs comes back as `1k`, and hand-written --nodes files use every suffix.
+
+
+def test_gpu_count_the_apiserver_writes_as_1k_is_a_thousand_gpus() -> None:
+    manifest = _node("big", product="NVIDIA-H100-80GB-HBM3", memory_mib=81559, gpus=8)
+    manifest["status"]["allocatable"]["nvidia.com/gpu"] = "1k"
+    facts = node_facts_from_manifest(manifest)
+    assert facts.allocatable_gpus == 1000
+    h100 = inventory_from_nodes([facts]).gpu_class("h100-80gb")
+    assert h100 is not None
+    assert h100.gpus_per_node == 1000
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [
+        ("1e3", 1000),
+        ("1E3", 1000),
+        ("64Ei", 64 * 1024**6),
+        ("2E", 2 * 10**18),
+        ("1.5Gi", 3 * GIB // 2),
+        ("9007199254740993", 2**53 + 1),  # above float precision: read exactly
+        ("128974848000m", 128974848),  # the apiserver's form of a value with a fraction of a byte
+        ("1500m", 1),  # whole bytes, rounded down
+    ],
+)
+def test_memory_quantities_in_every_form_parse_exactly(quantity: str, expected: int) -> None:
+    assert node_facts_from_manifest(_node("n1", memory=quantity)).allocatable_memory_bytes == expected
+
+
+def test_numbers_from_a_hand_written_yaml_file_parse() -> None:
+    manifest = _node("n1", product="NVIDIA-L4", memory_mib=23034, gpus=1)
+    manifest["status"]["allocatable"].update({"nvidia.com/gpu": 4, "memory": 68719476736})
+    facts = node_facts_from_manifest(manifest)
+    assert (facts.allocatable_gpus, facts.allocatable_memory_bytes) == (4, 64 * GIB)
+
+
+@pytest.mark.parametrize(
+    ("resource", "quantity"),
+    [("nvidia.com/gpu", "lots"), ("nvidia.com/gpu", "-1"), ("memory", "64 GiB"), ("memory", "64gi")],
+)
+def test_a_node_with_an_unreadable_quantity_is_skipped_with_the_reason(resource: str, quantity: str) -> None:
+    """One odd node must not stop the operator from sizing on the others."""
+    broken = _node("odd", product="NVIDIA-L4", memory_mib=23034, gpus=2)
+    broken["status"]["allocatable"][resource] = quantity
+    nodes = [broken, _node("l40s", product="NVIDIA-L40S", memory_mib=46068, gpus=4), _node("cpu", memory="32Gi")]
+    inventory = inventory_from_nodes(node_facts_from_manifest(n) for n in nodes)
+    assert [c.name for c in inventory.gpu_classes] == ["gpu-48gb"]
+    assert inventory.cpu is not None
+    assert (inventory.cpu.nodes, inventory.cpu.memory_bytes) == (1, 32 * GIB)
+    (reason,) = inventory.skipped_nodes
+    assert reason.startswith("node odd: ")
+    assert resource in reason
+    assert repr(quantity) in reason
+
+
+def test_a_cpu_node_with_unreadable_memory_is_skipped_not_counted_as_empty() -> None:
+    nodes = [_node("cpu-a", memory="lots"), _node("cpu-b", memory="16Gi")]
+    inventory = inventory_from_nodes(node_facts_from_manifest(n) for n in nodes)
+    assert inventory.cpu is not None
+    assert (inventory.cpu.nodes, inventory.cpu.memory_bytes) == (1, 16 * GIB)
+    assert inventory.skipped_nodes == (
+        "node cpu-a: allocatable memory 'lots' is not a Kubernetes quantity "
+        "(a number with an optional suffix: Ki Mi Gi Ti Pi Ei, n u m k M G T P E, or an exponent such as e3)",
+    )
+
+
+@pytest.mark.parametrize("part", ["metadata", "status"])
+def test_a_node_whose_parts_are_not_mappings_is_skipped(part: str) -> None:
+    broken = _node("odd", gpus=1)
+    broken[part] = ["not", "a", "mapping"]
+    inventory = inventory_from_nodes([node_facts_from_manifest(broken), node_facts_from_manifest(_node("cpu"))])
+    assert inventory.cpu is not None
+    assert inventory.cpu.nodes == 1
+    (reason,) = inventory.skipped_nodes
+    assert f"{part} is a list" in reason

@@ -119,6 +119,30 @@ def test_nodes_file_limits_the_classes(capsys: pytest.CaptureFixture[str], tmp_p
     assert out["sizing"]["gpuMemoryBytes"] == 46068 * 1024**2
 
 
+def test_nodes_file_with_an_unreadable_node_plans_on_the_others_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def node(name: str, memory_mib: str, gpus: str) -> dict[str, Any]:
+        return {
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.memory": memory_mib}},
+            "status": {"allocatable": {"nvidia.com/gpu": gpus, "memory": "256Gi"}},
+        }
+
+    nodes = tmp_path / "nodes.yaml"
+    items = [node("l4-odd", "23034", "eight"), node("l40s-1", "46068", "1k")]
+    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    body = {"metadata": {"name": "m"}, "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "hf://o/r"}}}
+    code, out, err = run_plan(capsys, "-f", write(tmp_path, body), "--nodes", str(nodes), "-o", "json")
+    assert code == 0
+    assert out["sizing"]["gpuClass"] == "gpu-48gb"
+    assert err.splitlines() == [
+        f"warning: {nodes}: node l4-odd: allocatable nvidia.com/gpu 'eight' is not a Kubernetes quantity "
+        "(a number with an optional suffix: Ki Mi Gi Ti Pi Ei, n u m k M G T P E, or an exponent such as e3); "
+        "planning without this node"
+    ]
+
+
 def test_invalid_spec_names_the_field(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     body = {"metadata": {"name": "bad"}, "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "ftp://x"}}}
     code, _, err = run_plan(capsys, "-f", write(tmp_path, body), "-o", "json")

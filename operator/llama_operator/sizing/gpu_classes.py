@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from llama_operator.sizing.quantity import parse_capacity
+
 MIB = 1024**2
 GIB = 1024**3
 
@@ -66,6 +68,7 @@ class Inventory:
 
     gpu_classes: tuple[GpuClass, ...]
     cpu: CpuClass | None
+    skipped_nodes: tuple[str, ...] = ()  # "node NAME: why", for nodes whose facts could not be read
 
     def gpu_class(self, name: str) -> GpuClass | None:
         return next((c for c in self.gpu_classes if c.name == name), None)
@@ -86,31 +89,46 @@ class NodeFacts:
     labels: Mapping[str, str]
     allocatable_gpus: int
     allocatable_memory_bytes: int
+    unreadable: str | None = None  # why the node's facts could not be read; sizing then skips the node
 
 
-def _quantity_bytes(text: str) -> int:
-    suffixes = {"Ki": 1024, "Mi": MIB, "Gi": GIB, "Ti": 1024**4, "k": 1000, "M": 10**6, "G": 10**9, "T": 10**12}
-    for suffix, factor in suffixes.items():
-        if text.endswith(suffix):
-            return int(float(text[: -len(suffix)]) * factor)
-    return int(float(text))
+def _mapping(value: object, what: str) -> Mapping[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} is a {type(value).__name__}, expected a mapping")
+    return value
 
 
 def node_facts_from_manifest(node: Mapping[str, object]) -> NodeFacts:
-    """Read a Node manifest (dict as the API returns it)."""
-    metadata = node.get("metadata") or {}
-    status = node.get("status") or {}
-    assert isinstance(metadata, Mapping)
-    assert isinstance(status, Mapping)
-    allocatable = status.get("allocatable") or status.get("capacity") or {}
-    assert isinstance(allocatable, Mapping)
-    labels = metadata.get("labels") or {}
-    assert isinstance(labels, Mapping)
+    """Read a Node manifest (dict as the API returns it).
+
+    A node whose resources cannot be read (a quantity that is not one, a part that is not a mapping)
+    gets `unreadable` set to the reason, and no GPUs or memory, instead of raising: one odd node must not
+    stop sizing on the others.
+    """
+    name = ""
+    try:
+        metadata = _mapping(node.get("metadata"), "metadata")
+        name = str(metadata.get("name", ""))
+        labels = _mapping(metadata.get("labels"), "metadata.labels")
+        status = _mapping(node.get("status"), "status")
+        allocatable = _mapping(status.get("allocatable") or status.get("capacity"), "status.allocatable")
+        try:
+            allocatable_gpus = parse_capacity(str(allocatable.get(GPU_RESOURCE, "0")))
+        except ValueError as error:
+            raise ValueError(f"allocatable {GPU_RESOURCE} {error}") from error
+        try:
+            allocatable_memory_bytes = parse_capacity(str(allocatable.get("memory", "0")))
+        except ValueError as error:
+            raise ValueError(f"allocatable memory {error}") from error
+    except ValueError as error:
+        return NodeFacts(name, {}, 0, 0, unreadable=f"node {name or '(no name)'}: {error}")
     return NodeFacts(
-        name=str(metadata.get("name", "")),
+        name=name,
         labels={str(k): str(v) for k, v in labels.items()},
-        allocatable_gpus=int(str(allocatable.get(GPU_RESOURCE, "0"))),
-        allocatable_memory_bytes=_quantity_bytes(str(allocatable.get("memory", "0"))),
+        allocatable_gpus=allocatable_gpus,
+        allocatable_memory_bytes=allocatable_memory_bytes,
     )
 
 
@@ -131,11 +149,18 @@ def inventory_from_nodes(
     classes: Iterable[GpuClass] = DEFAULT_GPU_CLASSES,
     cpu_cost_per_replica: float = DEFAULT_CPU_CLASS.cost_per_replica,
 ) -> Inventory:
-    """Classes present in a cluster: GPUs per node is the largest node, memory the smallest GPU."""
+    """Classes present in a cluster: GPUs per node is the largest node, memory the smallest GPU.
+
+    Nodes whose facts could not be read are left out, and their reasons kept in `skipped_nodes`.
+    """
     class_list = list(classes)
     found: dict[str, GpuClass] = {}
     cpu_memory: list[int] = []
+    skipped: list[str] = []
     for node in nodes:
+        if node.unreadable is not None:
+            skipped.append(node.unreadable)
+            continue
         name = classify_node(node, class_list)
         if name == CPU_CLASS:
             cpu_memory.append(node.allocatable_memory_bytes)
@@ -167,4 +192,4 @@ def inventory_from_nodes(
         if cpu_memory
         else None
     )
-    return Inventory(ordered, cpu)
+    return Inventory(ordered, cpu, tuple(skipped))
