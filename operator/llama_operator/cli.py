@@ -74,7 +74,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     except PlanInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
-    print(format_results(results, args.output))
+    text = format_results(results, args.output)
+    sys.stdout.write(text if text.endswith("\n") else f"{text}\n")  # YAML ends in a newline already
     return 0 if all(r.output["sizing"]["fits"] for r in results) else 1
 
 
