@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -286,26 +286,71 @@ class TestQueueMetrics:
             assert [reply.result().status_code for reply in replies] == [200] * 4
 
 
-def test_the_port_stays_closed_while_loading_and_sigterm_finishes_requests_in_flight() -> None:
-    standin = start_standin([], {"STANDIN_LOAD_SECONDS": "1.0", "STANDIN_DELAY_SECONDS": "1.0"})
+def sigterm_handler_installed(pid: int) -> bool:
+    """Whether the process catches SIGTERM (Linux: the SigCgt mask in /proc/PID/status).
+
+    The stand-in installs its handler right before it starts "loading", and neither the wrapper
+    script (bash) nor a starting Python interpreter catches SIGTERM: this is when loading begins.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def wait_until(check: Callable[[], bool], timeout_seconds: float, what: str) -> float:
+    """Poll ``check`` until it holds; the monotonic time it was first seen to hold."""
+    deadline = time.monotonic() + timeout_seconds
+    while not check():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout_seconds:.1f}s waiting for {what}")
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def port_refuses(url: str) -> bool:
     try:
-        time.sleep(0.3)
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{standin.url}/health", timeout=1)
-        assert standin.process.poll() is None
-        standin.wait_serving()
+        httpx.get(f"{url}/health", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc (Linux)")
+def test_the_port_stays_closed_while_loading_and_sigterm_finishes_requests_in_flight() -> None:
+    load_seconds = 1.0
+    standin = start_standin([], {"STANDIN_LOAD_SECONDS": str(load_seconds), "STANDIN_DELAY_SECONDS": "1.0"})
+
+    def loading() -> bool:
+        assert standin.process.poll() is None, f"the stand-in exited with {standin.process.returncode}"
+        return sigterm_handler_installed(standin.process.pid)
+
+    def serving() -> bool:
+        assert standin.process.poll() is None, f"the stand-in exited with {standin.process.returncode}"
+        return not port_refuses(standin.url)
+
+    try:
+        loading_since = wait_until(loading, START_TIMEOUT_SECONDS, "the stand-in to start loading")
+        assert port_refuses(standin.url), "the port answered as soon as the stand-in started loading"
+
+        opened_at = wait_until(serving, START_TIMEOUT_SECONDS, "the port to open after loading")
+        # Observing the handler late can only shorten what is measured; an instant open measures ~0.
+        assert opened_at - loading_since >= load_seconds / 2, "the port opened long before loading could finish"
+        assert httpx.get(f"{standin.url}/health", timeout=1).status_code == 200
+
         result: list[httpx.Response] = []
         request = threading.Thread(target=lambda: result.append(chat(standin.url, NAME)))
         request.start()
         running = f'vllm:num_requests_running{{model_name="{NAME}"}} 1.0'
-        deadline = time.monotonic() + 0.8
-        while running not in httpx.get(f"{standin.url}/metrics", timeout=1).text and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the request is in its 1 s "generation"
+        wait_until(
+            lambda: running in httpx.get(f"{standin.url}/metrics", timeout=1).text,
+            1.0,  # the request's 1 s "generation"
+            "the request to be in flight",
+        )
         standin.process.send_signal(signal.SIGTERM)
         assert standin.process.wait(timeout=5) == 0
         request.join(timeout=5)
         assert [response.status_code for response in result] == [200]
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{standin.url}/health", timeout=1)
+        assert port_refuses(standin.url)
     finally:
         standin.stop()
