@@ -389,8 +389,8 @@ def test_every_rule_has_a_refused_and_an_accepted_manifest(rule: Rule) -> None:
     assert any(case.satisfies == rule.message for case in VALID_MANIFESTS)
 
 
-def test_the_table_is_big_enough_to_mean_something() -> None:
-    assert len(all_rules()) >= 15
-    assert len(INVALID_MANIFESTS) >= 15
-    assert len({case.id for case in INVALID_MANIFESTS}) == len(INVALID_MANIFESTS)
-    assert len({case.id for case in VALID_MANIFESTS}) == len(VALID_MANIFESTS)
+def test_case_ids_are_unique() -> None:
+    """An id names a test and the object sent to the apiserver; a repeated one hides a case."""
+    for cases in (INVALID_MANIFESTS, VALID_MANIFESTS):
+        ids = [case.id for case in cases]
+        assert sorted({i for i in ids if ids.count(i) > 1}) == []
