@@ -1,39 +1,48 @@
-"""kopf handlers only: thin, parse -> decide -> apply -> status, all through `reconcile`."""
+"""kopf handlers only: watches feed indexes (the caches passes read), events start passes through `passes`.
+
+No handler lists or gets anything per pass: nodes, CRDs, children and pods come from kopf indexes, which kopf
+fills before any handler runs. A pass applies only what differs, so an idle object costs no API call, and
+no timer re-applies anything.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, cast
 
-import httpx
 import kopf
 
-from llama_operator.adapters.rollout import ADAPTERS_ANNOTATION
+from llama_operator.adapters.drive import FAKE_NODE_ANNOTATION
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
-from llama_operator.api.status import SCALING_ACTIVE
-from llama_operator.autoscale.evaluate import evaluate
+from llama_operator.api.status import LlamaDeploymentStatus
+from llama_operator.autoscale.evaluate import decide_and_scale, read_metrics
 from llama_operator.autoscale.evaluate import status_patch as autoscale_status_patch
-from llama_operator.kube import Kube, KubeError
-from llama_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, forget_deployment
-from llama_operator.operator_config import OperatorConfig
-from llama_operator.reconcile import (
-    ObjectRef,
-    OperatorContext,
-    Outcome,
-    changed,
-    decision_summary,
-    owner_name,
-    reconcile,
-    status_patch,
+from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
+from llama_operator.metrics import RECONCILE_ERRORS, forget_deployment
+from llama_operator.observed import (
+    ChildRecord,
+    ObjectView,
+    OwnerKey,
+    child_record,
+    children_by_kind,
+    owner_of,
+    slim_pod,
 )
+from llama_operator.operator_config import OperatorConfig
+from llama_operator.passes import PassInput, PassRunner, slim_owner
+from llama_operator.reconcile import OperatorContext, Outcome, decision_summary
 from llama_operator.render import LABEL_DEPLOYMENT
+from llama_operator.sizing.gpu_classes import NodeFacts, node_facts_from_manifest
 
-DRIFT_INTERVAL_SECONDS = 20.0
 DEFAULT_EVALUATION_SECONDS = 15.0
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
+WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
+NODE_LABEL_PREFIXES = ("nvidia.com/", "llamaops.io/")  # what sizing reads; other label churn is ignored
+CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws")
 
 
 @kopf.on.startup(id="configure")
@@ -44,71 +53,150 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO  # our decisions (Planned, ScaledUp, ...) are Normal events
     settings.posting.loggers = False  # log lines stay logs; only explicit kopf.info/warn become Events
     settings.execution.default_backoff = 5  # a retry after an API hiccup should not wait a minute
-    if "context" not in memo:
-        memo["context"] = OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())
+    settings.watching.client_timeout = 300  # a silent watch is re-established, not trusted forever
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30  # kopf's own PATCHes: no call may hang a handler
+    if "runner" not in memo:
+        context = memo.get("context") or OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())
+        memo["runner"] = PassRunner(context)
 
 
-def _context(memo: kopf.Memo) -> OperatorContext:
-    context: OperatorContext = memo["context"]
-    return context
+@kopf.on.cleanup(id="stop-checks")
+async def stop_checks(memo: kopf.Memo, **_: Any) -> None:
+    await _runner(memo).ctx.checks.stop()
 
 
-# One lock per LlamaDeployment for the whole process. (Not in kopf's memo: handlers of other objects,
-# such as the pod and Deployment events below, get their own shallow copies of it.)
-_PASS_LOCKS: dict[str, asyncio.Lock] = {}
+def _runner(memo: kopf.Memo) -> PassRunner:
+    runner: PassRunner = memo["runner"]
+    return runner
 
 
-def _lock(namespace: str, name: str) -> asyncio.Lock:
-    """One pass at a time per LlamaDeployment: the main handler, the timer and child events share it."""
-    return _PASS_LOCKS.setdefault(f"{namespace}/{name}", asyncio.Lock())
+# -- caches: kopf indexes, filled from watches before any handler runs ------------------------------------
 
 
-def _post_events(owner: dict[str, Any], before: dict[str, Any], outcome: Outcome) -> None:
-    body = kopf.Body(cast("kopf.RawBody", owner))
+@kopf.index(GROUP, VERSION, PLURAL, id="llama_owners")
+def llama_owners(body: kopf.Body, **_: Any) -> dict[OwnerKey, dict[str, Any]]:
+    return {(str(body.metadata.namespace), str(body.metadata.name)): slim_owner(body)}
+
+
+@kopf.index("", "v1", "nodes", id="llama_nodes")
+def llama_nodes(body: kopf.Body, **_: Any) -> dict[None, tuple[NodeFacts, bool]]:
+    facts = node_facts_from_manifest(body)
+    labels = {k: v for k, v in facts.labels.items() if k.startswith(NODE_LABEL_PREFIXES)}
+    fake = FAKE_NODE_ANNOTATION in body.metadata.annotations
+    return {None: (NodeFacts(facts.name, labels, facts.allocatable_gpus, facts.allocatable_memory_bytes,
+                             facts.unreadable), fake)}  # fmt: skip
+
+
+@kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="llama_crds")
+def llama_crds(name: str, **_: Any) -> dict[None, str]:
+    return {None: name} if name in WATCHED_CRDS else {}
+
+
+def _child(body: kopf.Body) -> dict[OwnerKey, ChildRecord]:
+    owner = owner_of(body)
+    return {(str(body.metadata.namespace), owner): child_record(body)} if owner else {}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED_LABELS, id="llama_deployments")
+def llama_deployments(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
+    return _child(body)
+
+
+@kopf.index("", "v1", "services", labels=MANAGED_LABELS, id="llama_services")
+def llama_services(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
+    return _child(body)
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED_LABELS, id="llama_pdbs")
+def llama_pdbs(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
+    return _child(body)
+
+
+@kopf.index("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED_LABELS, id="llama_servicemonitors")
+def llama_servicemonitors(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
+    return _child(body)
+
+
+@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED_LABELS, id="llama_lws")
+def llama_lws(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
+    return _child(body)
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED_LABELS, id="llama_pods")
+def llama_pods(body: kopf.Body, **_: Any) -> dict[OwnerKey, dict[str, Any]]:
+    owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
+    return {(str(body.metadata.namespace), owner): slim_pod(body)} if owner else {}
+
+
+def _values(index: Any, key: object) -> list[Any]:
+    return list(index[key]) if index is not None and key in index else []
+
+
+def _reader(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any], owner: kopf.Body | None = None) -> Any:
+    """A function that assembles one pass's input from the caches, called under the object's lock."""
+
+    def read() -> PassInput | None:
+        owners = _values(indexes.get("llama_owners"), key)
+        found = slim_owner(owner) if owner is not None else (owners[0] if owners else None)
+        if found is None:
+            return None
+        nodes = _values(indexes.get("llama_nodes"), None)
+        records = [r for name in CHILD_INDEXES for r in _values(indexes.get(name), key)]
+        view = ObjectView(
+            children=children_by_kind(records),
+            pods=sorted(_values(indexes.get("llama_pods"), key), key=lambda p: str(p["metadata"]["name"])),
+            crds=frozenset(_values(indexes.get("llama_crds"), None)),
+        )
+        inventory = runner.inventory.get(runner.ctx, [facts for facts, _ in nodes])
+        return PassInput(found, view, inventory, {facts.name for facts, fake in nodes if fake})
+
+    return read
+
+
+def _post_events(owner: kopf.Body, before: dict[str, Any], outcome: Outcome) -> None:
     sizing = outcome.status.sizing
     was = (before.get("gpus"), (before.get("sizing") or {}).get("fits"))
     if sizing is not None and was != (outcome.status.gpus, sizing.fits):
         if sizing.fits:
-            kopf.info(body, reason="Planned", message=decision_summary(outcome) or sizing.reason)
+            kopf.info(owner, reason="Planned", message=decision_summary(outcome) or sizing.reason)
         else:
-            kopf.warn(body, reason="DoesNotFit", message="; ".join([sizing.reason, *sizing.alternatives]))
+            kopf.warn(owner, reason="DoesNotFit", message="; ".join([sizing.reason, *sizing.alternatives]))
     for reason in outcome.rollbacks:
-        kopf.warn(body, reason="AdapterRolledBack", message=reason)
+        kopf.warn(owner, reason="AdapterRolledBack", message=reason)
     if outcome.invalid is not None and before.get("phase") != "Failed":
-        kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
+        kopf.warn(owner, reason="InvalidSpec", message=outcome.invalid)
 
 
-async def _pass(
-    ctx: OperatorContext, memo: kopf.Memo, namespace: str, name: str, logger: kopf.Logger, *, apply: bool
-) -> Outcome | None:
-    """Read the object fresh, reconcile it, write status when it changed, post events on decisions."""
-    async with _lock(namespace, name):
-        owner = await asyncio.to_thread(ctx.kube.get, f"{GROUP}/{VERSION}", "LlamaDeployment", namespace, name)
-        if owner is None or owner["metadata"].get("deletionTimestamp"):
-            return None
-        meta = owner["metadata"]
-        ref = ObjectRef(name, namespace, meta["uid"], int(meta.get("generation", 0)))
-        current = owner.get("status") or {}
-        with RECONCILE_SECONDS.time():
-            outcome = await reconcile(ctx, ref, owner.get("spec") or {}, current, apply=apply)
-        new_status = status_patch(outcome)
-        if changed(current, new_status):
-            await asyncio.to_thread(ctx.kube.patch_llamadeployment_status, namespace, name, new_status)
-    _post_events(owner, current, outcome)
+def _owner_body(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any]) -> kopf.Body | None:
+    owners = _values(indexes.get("llama_owners"), key)
+    return kopf.Body(cast("kopf.RawBody", owners[0])) if owners else None
+
+
+def _report(owner: kopf.Body, result: tuple[Outcome, dict[str, Any]] | None, logger: kopf.Logger) -> Outcome | None:
+    if result is None:
+        return None
+    outcome, before = result
+    _post_events(owner, before, outcome)
     if outcome.applied:
         logger.info("applied %s", ", ".join(outcome.applied))
     for line in outcome.smoke_results:
-        logger.info("smoke request on %s", line)
+        logger.info("rollout: %s", line)
     return outcome
 
 
-async def _owner_pass(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
-    meta = body.metadata
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
+async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    runner = _runner(memo)
+    key = (str(body.metadata.namespace), str(body.metadata.name))
     try:
-        outcome = await _pass(_context(memo), memo, str(meta.namespace), str(meta.name), logger, apply=True)
+        result = await runner.run_now(key, _reader(runner, key, kwargs, owner=body), "owner")
     except KubeError as error:
         RECONCILE_ERRORS.labels("api").inc()
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=5) from error
+    outcome = _report(body, result, logger)
     if outcome is not None and outcome.invalid is not None:
         RECONCILE_ERRORS.labels("invalid_spec").inc()
         raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
@@ -117,98 +205,120 @@ async def _owner_pass(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> 
         raise kopf.TemporaryError(outcome.apply_error, delay=10)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
-@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
-async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await _owner_pass(body, memo, logger)
+@kopf.on.event(GROUP, VERSION, PLURAL, id="forget")
+async def forget(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted LlamaDeployment leaves nothing behind in memory: gauges, write-through state, locks."""
+    if event["type"] == "DELETED":
+        namespace, name = str(body.metadata.namespace), str(body.metadata.name)
+        forget_deployment(namespace, name)
+        _runner(memo).forget((namespace, name))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, id="drift", interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-async def drift(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Re-apply the children (server-side apply undoes hand edits) and refresh status."""
-    await _owner_pass(body, memo, logger)
-
-
-async def _child_pass(name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, *, apply: bool) -> None:
+async def _child_pass(
+    key: OwnerKey, memo: kopf.Memo, logger: kopf.Logger, trigger: str, indexes: dict[str, Any]
+) -> None:
+    runner = _runner(memo)
+    owner = _owner_body(runner, key, indexes)
+    if owner is None:
+        return
     try:
-        await _pass(_context(memo), memo, namespace, name, logger, apply=apply)
+        _report(owner, await runner.run(key, _reader(runner, key, indexes), trigger), logger)
     except KubeError as error:
-        logger.warning("could not refresh %s/%s: %s", namespace, name, error)
+        RECONCILE_ERRORS.labels("api").inc()
+        logger.warning("could not reconcile %s/%s after a %s event: %s", key[0], key[1], trigger, error)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-deployment")
-async def child_deployment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A Deployment of ours changed: re-apply (a hand edit is reverted at once) and refresh the owner's status."""
-    name, namespace = owner_name(body), body.metadata.namespace
-    if name and namespace and not body.metadata.get("deletionTimestamp"):
-        await _child_pass(name, namespace, memo, logger, apply=True)
+@kopf.on.event("", "v1", "services", labels=MANAGED_LABELS, id="child-service")
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_LABELS, id="child-pdb")
+@kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED_LABELS, id="child-servicemonitor")
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED_LABELS, id="child-lws")
+async def child_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A child changed or went away: a hand edit is reverted at once, and the owner's status follows."""
+    owner = owner_of(body)
+    if owner:
+        await _child_pass(
+            (str(body.metadata.namespace), owner), memo, logger, str(body.get("kind", "child")).lower(), kwargs
+        )
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED_LABELS, id="child-pod")
-async def child_pod(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A pod of ours changed (scheduled, crashed, ready): refresh status; with adapters, drive the rollout."""
-    name, namespace = body.metadata.labels.get(LABEL_DEPLOYMENT), body.metadata.namespace
-    if name and namespace:
-        rollout = ADAPTERS_ANNOTATION in body.metadata.annotations
-        await _child_pass(name, namespace, memo, logger, apply=rollout)
+async def child_pod(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A pod of ours changed (scheduled, crashed, ready, gate set): refresh status and drive rollouts."""
+    owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
+    if owner:
+        await _child_pass((str(body.metadata.namespace), owner), memo, logger, "pod", kwargs)
+
+
+async def _all_owners(memo: kopf.Memo, logger: kopf.Logger, trigger: str, indexes: dict[str, Any]) -> None:
+    owners = indexes.get("llama_owners")
+    keys: Iterable[OwnerKey] = list(owners.keys()) if owners is not None else []
+    await asyncio.gather(*(_child_pass(key, memo, logger, trigger, indexes) for key in keys))
+
+
+@kopf.on.event("", "v1", "nodes", id="inventory")
+async def inventory_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Nodes came, went or changed GPU facts: plans may change (a class appears, a refusal now fits)."""
+    runner = _runner(memo)
+    before = runner.inventory.current
+    nodes = _values(kwargs.get("llama_nodes"), None)
+    after = runner.inventory.get(runner.ctx, [facts for facts, _ in nodes])
+    if before is not None and after != before:
+        logger.info("GPU inventory changed: %s", ", ".join(after.class_names))
+        await _all_owners(memo, logger, "nodes", kwargs)
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="optional-apis",
+               when=lambda name, **_: name in WATCHED_CRDS)  # fmt: skip
+async def optional_api_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """The Prometheus Operator or LeaderWorkerSet CRDs came or went: children to add or stop rendering."""
+    await _all_owners(memo, logger, "crd", kwargs)
 
 
 def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
     return bool((spec.get("autoscaling") or {}).get("enabled"))
 
 
-async def _autoscale_once(ctx: OperatorContext, http: httpx.AsyncClient, body: kopf.Body, logger: kopf.Logger) -> float:
-    """One evaluation; returns the seconds until the next."""
-    meta = body.metadata
-    name, namespace = str(meta.name), str(meta.namespace)
+async def _autoscale_once(runner: PassRunner, key: OwnerKey, body: kopf.Body, logger: kopf.Logger,
+                          indexes: dict[str, Any]) -> float:  # fmt: skip
+    """One evaluation: metrics read outside the lock; decide, scale and status under it; returns the
+    seconds until the next evaluation."""
     try:
         spec = parse_spec(body.spec)
     except InvalidSpecError:
         return DEFAULT_EVALUATION_SECONDS  # the reconcile handler reports the spec
-    was_active = next(
-        (c.get("status") for c in body.status.get("conditions") or [] if c.get("type") == SCALING_ACTIVE), None
-    )
+    interval = float(spec.autoscaling.evaluation_interval_seconds)
+    ctx = runner.ctx
+    namespace, name = key
+    read = await read_metrics(ctx.kube, ctx.http, name=name, namespace=namespace, spec=spec,
+                              default_prometheus_url=ctx.config.prometheus_url, now=time.time())  # fmt: skip
+
+    async def decide(status: LlamaDeploymentStatus) -> None:
+        was_available = status.autoscaling.metrics_available if status.autoscaling else True
+        evaluation = await decide_and_scale(ctx.kube, read, name=name, namespace=namespace, spec=spec,
+                                            status=status, now=time.time())  # fmt: skip
+        await runner.write_status(key, autoscale_status_patch(evaluation), "autoscaler")
+        decision = evaluation.decision
+        if evaluation.scaled:
+            logger.info("scaled %s: %s (metric=%s)", name, decision.reason, decision.metric)
+            kopf.info(body, reason="ScaledUp" if decision.action == "up" else "ScaledDown", message=decision.reason)
+        if not decision.metrics_available and was_available:
+            kopf.warn(body, reason="MetricsUnavailable", message=evaluation.status.reason)
+
     try:
-        evaluation = await evaluate(
-            ctx.kube,
-            http,
-            name=name,
-            namespace=namespace,
-            spec=spec,
-            status=body.status,
-            default_prometheus_url=ctx.config.prometheus_url,
-            generation=int(meta.get("generation") or 0),
-            now=time.time(),
-        )
-        await asyncio.to_thread(
-            ctx.kube.patch_llamadeployment_status, namespace, name, autoscale_status_patch(evaluation)
-        )
+        _report(body, await runner.run_after(key, decide, _reader(runner, key, indexes), "autoscaler"), logger)
     except KubeError as error:
         logger.warning("autoscaling %s/%s: %s", namespace, name, error)
-        return float(spec.autoscaling.evaluation_interval_seconds)
-    decision = evaluation.decision
-    if evaluation.scaled:
-        logger.info("scaled %s: %s (metric=%s)", name, decision.reason, decision.metric)
-        kopf.info(body, reason="ScaledUp" if decision.action == "up" else "ScaledDown", message=decision.reason)
-    if not decision.metrics_available and was_active != "False":
-        kopf.warn(body, reason="MetricsUnavailable", message=evaluation.status.reason)
-    return float(spec.autoscaling.evaluation_interval_seconds)
+    return interval
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="autoscaler", when=_autoscaling_enabled, cancellation_timeout=10.0)
 async def autoscaler(
-    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """Evaluate the queue metrics every evaluationIntervalSeconds while autoscaling is enabled."""
-    ctx = _context(memo)
+    runner = _runner(memo)
+    key = (str(body.metadata.namespace), str(body.metadata.name))
     while not stopped:
-        interval = await _autoscale_once(ctx, ctx.http, body, logger)
+        interval = await _autoscale_once(runner, key, body, logger, kwargs)
         await stopped.wait(interval)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
-async def forget(name: str, namespace: str | None, **_: Any) -> None:
-    """Children go by garbage collection (owner references); only the operator's own gauges remain."""
-    forget_deployment(namespace or "", name)
-    _PASS_LOCKS.pop(f"{namespace}/{name}", None)

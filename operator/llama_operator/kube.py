@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections.abc import Callable
@@ -9,11 +10,16 @@ from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as TransportError
 
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
 
 FIELD_MANAGER = "llama-operator"
+USER_AGENT = "llama-operator/0.1.0"  # how the apiserver's audit log tells our requests apart
+# (connect, read) seconds: no call may hang a pass; a watch is kopf's, not ours.
+REQUEST_TIMEOUT_SECONDS = (5.0, 30.0)
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 
 Manifest = dict[str, Any]
 P = ParamSpec("P")
@@ -30,6 +36,7 @@ PLURALS = {
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     (f"{GROUP}/{VERSION}", "LlamaDeployment"): PLURAL,
     ("v1", "Namespace"): "namespaces",
+    ("v1", "Secret"): "secrets",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
 }
@@ -71,6 +78,8 @@ def mapped(func: Callable[P, T]) -> Callable[P, T]:
         except ApiException as error:
             kind = {404: NotFoundError, 409: ConflictError}.get(error.status or 0, KubeError)
             raise kind(error.status or 0, str(error.reason), _message(error)) from error
+        except (TransportError, OSError) as error:  # refused, reset, timed out: the server was not reached
+            raise KubeError(0, "Unreachable", f"{error.__class__.__name__}: {error}") from error
 
     return wrapper
 
@@ -87,6 +96,7 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = api_client
+        self._api.user_agent = USER_AGENT
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Kube:
@@ -94,7 +104,9 @@ class Kube:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient())
+        configuration = client.Configuration.get_default_copy()
+        configuration.retries = 1  # fail fast: the pass is retried, not the request
+        return cls(client.ApiClient(configuration))
 
     def _call(
         self,
@@ -113,7 +125,9 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self._api.call_api(method, url, header_params=headers, body=serialized)
+        response = self._api.call_api(
+            method, url, header_params=headers, body=serialized, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        )
         data = response.read()  # type: ignore[no-untyped-call]
         if response.status >= 400:
             raise ApiException(http_resp=response)
@@ -147,6 +161,13 @@ class Kube:
         query = [("labelSelector", label_selector)] if label_selector else []
         items: list[Manifest] = self._call("GET", resource_path(api_version, kind, namespace), query=query)["items"]
         return items
+
+    @mapped
+    def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key is missing."""
+        secret = self.get("v1", "Secret", namespace, name)
+        value = ((secret or {}).get("data") or {}).get(key)
+        return base64.b64decode(value).decode() if value is not None else None
 
     @mapped
     def crd_exists(self, name: str) -> bool:

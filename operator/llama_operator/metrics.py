@@ -38,3 +38,8 @@ SCALING_METRIC = Gauge(
     "llama_operator_scaling_metric", "The summed queue metric of the last evaluation.", ["namespace", "name"]
 )
 PROMETHEUS_ERRORS = Counter("llama_operator_prometheus_errors_total", "Prometheus queries that failed.")
+CHILD_APPLIES = Counter(
+    "llama_operator_child_applies_total", "Children applied because the cached copy differed, by kind.", ["kind"]
+)
+STATUS_WRITES = Counter("llama_operator_status_writes_total", "Status writes, by writer.", ["writer"])
+PASSES = Counter("llama_operator_passes_total", "Reconcile passes, by trigger.", ["trigger"])

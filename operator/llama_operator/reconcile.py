@@ -1,37 +1,65 @@
-"""The reconcile service: parse -> size -> apply -> observe -> status. Kubernetes I/O only through `Kube`."""
+"""The reconcile service: parse -> size -> compare with the cached children -> apply what differs -> status.
+
+A pass reads only from caches fed by watches (`ObjectView`, the node inventory); its API calls are the
+writes it needs. With nothing changed it makes none.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
-from llama_operator.adapters.drive import (
-    RolloutResult,
-    drive_rollout,
-    fake_node_names,
-    state_from_status,
-    status_from_state,
-)
+from llama_operator.adapters.checks import CheckRunner
+from llama_operator.adapters.drive import RolloutIO, RolloutResult, drive_rollout, state_from_status, status_from_state
 from llama_operator.api.parse import InvalidSpecError, parse_spec
-from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus
+from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.api.timestamps import rfc3339
 from llama_operator.engines.base import served_model_name
 from llama_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError
-from llama_operator.metrics import SIZING_DECISIONS, record_phase
+from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
+from llama_operator.observed import ChildRecord, ObjectView, child_record, freshest, needs_apply
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
-from llama_operator.render import LABEL_DEPLOYMENT, Owner, RenderOptions, render
+from llama_operator.render import LWS_API, Owner, RenderOptions, render
 from llama_operator.sizing.fit import SizingDecision
-from llama_operator.sizing.gpu_classes import Inventory, inventory_from_nodes, node_facts_from_manifest
+from llama_operator.sizing.gpu_classes import Inventory
 from llama_operator.status_report import Observation, invalid_spec_status, report
 
 Manifest = dict[str, Any]
+ChildKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name)
+
+
+@dataclass
+class AppliedChildren:
+    """What our own applies returned, until the watch catches up: a pass right after an apply compares
+    with the applied object, not the older cached one, and so does not apply it again."""
+
+    _records: dict[ChildKey, ChildRecord] = field(default_factory=dict)
+
+    def remember(self, namespace: str, body: Mapping[str, Any]) -> None:
+        record = child_record(body)
+        self._records[(record.api_version, record.kind, namespace, record.name)] = record
+
+    def fresher(
+        self, namespace: str, cached: ChildRecord | None, api_version: str, kind: str, name: str
+    ) -> ChildRecord | None:
+        key = (api_version, kind, namespace, name)
+        mine = self._records.get(key)
+        if mine is not None and cached is not None and cached.resource_version >= mine.resource_version:
+            del self._records[key]  # the watch has it now
+            return cached
+        return freshest(cached, mine)
+
+    def forget(self, namespace: str, name: str) -> None:
+        for key in [k for k in self._records if k[2] == namespace and k[3] == name]:
+            del self._records[key]
 
 
 @dataclass(frozen=True)
@@ -39,6 +67,8 @@ class OperatorContext:
     kube: Kube
     config: OperatorConfig
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)  # smoke requests and Prometheus
+    checks: CheckRunner = field(default_factory=CheckRunner)
+    applied: AppliedChildren = field(default_factory=AppliedChildren)
 
 
 @dataclass(frozen=True)
@@ -64,125 +94,125 @@ def utc_now() -> str:
     return rfc3339(time.time())
 
 
-def previous_conditions(status: Mapping[str, Any]) -> list[Condition]:
-    conditions = []
-    for raw in status.get("conditions") or []:
-        try:
-            conditions.append(Condition.model_validate(raw))
-        except ValidationError:
-            continue  # a hand-edited condition we cannot read is replaced
-    return conditions
+@functools.lru_cache(maxsize=4096)
+def _cached_plan(spec_json: str, name: str, inventory: Inventory) -> SizingDecision:
+    """Sizing is pure: the same spec on the same inventory gives the same decision (passes repeat it often)."""
+    return plan(LlamaDeploymentSpec.model_validate_json(spec_json), name, inventory)
 
 
-async def cluster_nodes(ctx: OperatorContext) -> list[Manifest]:
-    return await asyncio.to_thread(ctx.kube.list, "v1", "Node", None)
+def decide(spec: LlamaDeploymentSpec, name: str, inventory: Inventory) -> SizingDecision:
+    return _cached_plan(spec.model_dump_json(by_alias=True), name, inventory)
 
 
-def cluster_inventory(ctx: OperatorContext, nodes: list[Manifest]) -> Inventory:
-    facts = [node_facts_from_manifest(n) for n in nodes]
-    return inventory_from_nodes(facts, ctx.config.class_list(), ctx.config.cpu_cost_per_replica)
-
-
-def has_adapters(spec_body: Mapping[str, Any], status_body: Mapping[str, Any]) -> bool:
-    """Adapter rollouts need the full pass (smoke requests, re-renders) on pod events too."""
-    return bool(spec_body.get("adapters") or status_body.get("adapterRollout"))
-
-
-async def observe(ctx: OperatorContext, ref: ObjectRef, workload_kind: tuple[str, str]) -> Observation:
-    workload = await asyncio.to_thread(ctx.kube.get, *workload_kind, ref.namespace, ref.name)
-    pods = await asyncio.to_thread(ctx.kube.list, "v1", "Pod", ref.namespace, f"{LABEL_DEPLOYMENT}={ref.name}")
-    return Observation(workload=workload, pods=pods)
+def has_adapters(spec: LlamaDeploymentSpec, status: LlamaDeploymentStatus) -> bool:
+    """Adapter rollouts need the rollout machine on pod events too."""
+    return bool(spec.adapters or status.adapter_rollout)
 
 
 def _workload_kind(decision: SizingDecision | None) -> tuple[str, str]:
     if decision and decision.chosen and decision.chosen.shape.nodes > 1:
-        return ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+        return (LWS_API, "LeaderWorkerSet")
     return ("apps/v1", "Deployment")
 
 
+async def _rollout(
+    ctx: OperatorContext, ref: ObjectRef, spec: LlamaDeploymentSpec, decision: SizingDecision, *,
+    status: LlamaDeploymentStatus, view: ObjectView, fake_nodes: set[str],
+) -> RolloutResult:  # fmt: skip
+    return await drive_rollout(
+        RolloutIO(ctx.kube, ctx.http, ctx.checks),
+        namespace=ref.namespace,
+        spec=spec,
+        engine=decision.request.engine,
+        served_name=served_model_name(spec, ref.name),
+        state=state_from_status(status),
+        pods=view.pods,
+        fake_nodes=fake_nodes,
+        prometheus_url=ctx.config.prometheus_url,
+        now=time.time(),
+    )
+
+
+async def _apply_differences(
+    ctx: OperatorContext, ref: ObjectRef, children: list[Manifest], view: ObjectView
+) -> tuple[list[str], str | None]:
+    """Apply the children whose cached copy lacks a desired field; the others are left alone."""
+    applied: list[str] = []
+    for child in children:
+        meta = child["metadata"]
+        observed = ctx.applied.fresher(
+            ref.namespace,
+            view.child(child["apiVersion"], child["kind"]),
+            child["apiVersion"],
+            child["kind"],
+            meta["name"],
+        )
+        if not needs_apply(child, observed):
+            continue
+        what = f"{child['kind']}/{meta['name']}"
+        try:
+            result = await asyncio.to_thread(ctx.kube.apply, child)
+        except KubeError as error:
+            return applied, f"could not apply {what}: {error.message}; check the operator's RBAC and admission webhooks"
+        ctx.applied.remember(ref.namespace, result)
+        CHILD_APPLIES.labels(child["kind"]).inc()
+        applied.append(what)
+    return applied, None
+
+
 async def reconcile(
-    ctx: OperatorContext, ref: ObjectRef, spec_body: Mapping[str, Any], status_body: Mapping[str, Any], *, apply: bool
+    ctx: OperatorContext,
+    ref: ObjectRef,
+    spec_body: Mapping[str, Any],
+    status: LlamaDeploymentStatus,
+    *,
+    view: ObjectView,
+    inventory: Inventory,
+    fake_nodes: set[str],
 ) -> Outcome:
-    """One level-triggered pass. `apply=False` only refreshes status from the children."""
-    previous = previous_conditions(status_body)
+    """One level-triggered pass over one LlamaDeployment."""
     now = utc_now()
     try:
         spec = parse_spec(spec_body)
-        nodes = await cluster_nodes(ctx)
-        decision = plan(spec, ref.name, cluster_inventory(ctx, nodes))
+        decision = decide(spec, ref.name, inventory)
     except InvalidSpecError as error:
-        status = invalid_spec_status(str(error), generation=ref.generation, previous=previous, now=now)
-        record_phase(ref.namespace, ref.name, status.phase)
-        return Outcome(status=status, decision=None, invalid=str(error))
+        invalid = invalid_spec_status(str(error), generation=ref.generation, previous=status.conditions, now=now)
+        record_phase(ref.namespace, ref.name, invalid.phase)
+        return Outcome(status=invalid, decision=None, invalid=str(error))
     SIZING_DECISIONS.labels(decision.request.engine, str(decision.fits).lower()).inc()
-    rollout: RolloutResult | None = None
-    if apply and decision.fits and has_adapters(spec_body, status_body):
-        pods = await asyncio.to_thread(ctx.kube.list, "v1", "Pod", ref.namespace, f"{LABEL_DEPLOYMENT}={ref.name}")
-        rollout = await drive_rollout(
-            ctx.kube,
-            ctx.http,
-            namespace=ref.namespace,
-            spec=spec,
-            engine=decision.request.engine,
-            served_name=served_model_name(spec, ref.name),
-            state=state_from_status(status_body),
-            pods=pods,
-            fake_nodes=fake_node_names(nodes),
-            prometheus_url=ctx.config.prometheus_url,
-            now=time.time(),
-        )
+    rollout = None
+    if decision.fits and has_adapters(spec, status):
+        rollout = await _rollout(ctx, ref, spec, decision, status=status, view=view, fake_nodes=fake_nodes)
     applied: list[str] = []
-    apply_error = None if apply else _unresolved_apply_error(previous, ref.generation)
-    if apply and decision.fits:
-        with_monitor = await asyncio.to_thread(ctx.kube.crd_exists, SERVICE_MONITOR_CRD)
-        options = RenderOptions(images=ctx.config.engine_images(), service_monitor=with_monitor)
+    apply_error = None
+    if decision.fits:
+        options = RenderOptions(images=ctx.config.engine_images(), service_monitor=SERVICE_MONITOR_CRD in view.crds)
         children = render(
-            ref.name,
-            ref.namespace,
-            spec,
-            decision,
-            options=options,
-            owner=Owner(ref.name, ref.uid),
+            ref.name, ref.namespace, spec, decision, options=options, owner=Owner(ref.name, ref.uid),
             adapters=rollout.state.serving if rollout else None,
-        )
-        for child in children:
-            what = f"{child['kind']}/{child['metadata']['name']}"
-            try:
-                await asyncio.to_thread(ctx.kube.apply, child)
-            except KubeError as error:
-                apply_error = (
-                    f"could not apply {what}: {error.message}; check the operator's RBAC and admission webhooks"
-                )
-                break
-            applied.append(what)
-    observation = await observe(ctx, ref, _workload_kind(decision))
-    rollout_status = status_from_state(rollout.state) if rollout else _saved_rollout(status_body)
-    status = report(
-        ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=previous, now=now,
-        rollout=rollout_status, apply_error=apply_error,
+        )  # fmt: skip
+        applied, apply_error = await _apply_differences(ctx, ref, children, view)
+    kind = _workload_kind(decision)
+    workload = ctx.applied.fresher(ref.namespace, view.child(*kind), *kind, ref.name)
+    observation = Observation(workload=workload.as_workload() if workload else None, pods=view.pods)
+    rollout_status = (
+        status_from_state(rollout.state).model_copy(update={"checks": list(rollout.checks)})
+        if rollout
+        else status.adapter_rollout
+    )
+    new_status = report(
+        ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=status.conditions,
+        now=now, rollout=rollout_status, apply_error=apply_error, autoscaling=status.autoscaling,
     )  # fmt: skip
-    record_phase(ref.namespace, ref.name, status.phase)
+    record_phase(ref.namespace, ref.name, new_status.phase)
     return Outcome(
-        status=status,
+        status=new_status,
         decision=decision,
         applied=tuple(applied),
         rollbacks=tuple(n.reason for n in rollout.rollbacks) if rollout else (),
         smoke_results=rollout.smoke_results if rollout else (),
         apply_error=apply_error,
     )
-
-
-def _unresolved_apply_error(previous: list[Condition], generation: int) -> str | None:
-    """A status-only pass cannot clear an apply failure of this generation: only a successful apply can."""
-    degraded = next((c for c in previous if c.type == "Degraded"), None)
-    if degraded and degraded.reason == "ApplyFailed" and degraded.observed_generation == generation:
-        return degraded.message
-    return None
-
-
-def _saved_rollout(status_body: Mapping[str, Any]) -> AdapterRolloutStatus | None:
-    raw = status_body.get("adapterRollout")
-    return AdapterRolloutStatus.model_validate(raw) if raw else None
 
 
 def status_patch(outcome: Outcome) -> Manifest:
@@ -194,13 +224,6 @@ def status_patch(outcome: Outcome) -> Manifest:
 def changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Write status only when it differs from what the object carries."""
     return any(current.get(key) != value for key, value in new.items())
-
-
-def owner_name(child: Mapping[str, Any]) -> str | None:
-    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == "LlamaDeployment" and ref.get("controller"):
-            return str(ref.get("name"))
-    return None
 
 
 def decision_summary(outcome: Outcome) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 from llama_operator.api import status as st
 from llama_operator.api.conditions import make_condition, merge_conditions
 from llama_operator.api.spec import LlamaDeploymentSpec
-from llama_operator.api.status import AdapterRolloutStatus, Condition, LlamaDeploymentStatus, Phase
+from llama_operator.api.status import AdapterRolloutStatus, AutoscalingStatus, Condition, LlamaDeploymentStatus, Phase
 from llama_operator.planning import placement_summary, sizing_status
 from llama_operator.render import LABEL_DEPLOYMENT, service_endpoint
 from llama_operator.sizing.fit import SizingDecision
@@ -118,6 +118,7 @@ def report(
     now: str,
     rollout: AdapterRolloutStatus | None = None,
     apply_error: str | None = None,
+    autoscaling: AutoscalingStatus | None = None,
 ) -> LlamaDeploymentStatus:
     desired = spec.replicas
     replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
@@ -159,11 +160,15 @@ def report(
         phase = _phase(problem, ready=ready, desired=desired, rolling=rolling)
     if rollout is not None:
         conditions.append(_rollout_condition(rollout, generation, now))
+    scaling = autoscaling if spec.autoscaling.enabled else None
+    if scaling is not None:
+        conditions.append(scaling_condition(scaling, generation=generation, now=now))
+    kept = [c for c in previous if c.type != st.SCALING_ACTIVE or scaling is not None]
     serving = rollout.serving if rollout is not None else spec.adapters
     return LlamaDeploymentStatus(
         observed_generation=generation,
         phase=phase,
-        conditions=merge_conditions(previous, conditions),
+        conditions=merge_conditions(kept, conditions),
         sizing=sizing_status(decision),
         engine=decision.request.engine,
         gpus=placement_summary(decision),
@@ -177,6 +182,18 @@ def report(
     )
 
 
+def scaling_condition(autoscaling: AutoscalingStatus, *, generation: int, now: str) -> Condition:
+    """ScalingActive, derived here from the autoscaler's status: the autoscaler never writes conditions."""
+    if autoscaling.metrics_available:
+        return make_condition(
+            st.SCALING_ACTIVE, "True", st.REASON_SCALING_ACTIVE, autoscaling.reason, generation=generation, now=now
+        )
+    message = _clip(f"{autoscaling.reason}; replicas hold until metrics return")
+    return make_condition(
+        st.SCALING_ACTIVE, "False", st.REASON_METRICS_UNAVAILABLE, message, generation=generation, now=now
+    )
+
+
 def _rollout_condition(rollout: AdapterRolloutStatus, generation: int, now: str) -> Condition:
     status: st.ConditionStatus
     if rollout.phase == "RolledBack":
@@ -187,6 +204,9 @@ def _rollout_condition(rollout: AdapterRolloutStatus, generation: int, now: str)
         message = f"{rollout.step}: {rollout.message}"
     else:
         status, reason, message = "True", st.REASON_ADAPTERS_SERVING, rollout.message
+    if rollout.checks:
+        waiting = ", ".join(f"{c.check} on pod {c.pod} unanswered since {c.since}" for c in rollout.checks)
+        message = f"{message}; waiting: {waiting}"
     return make_condition(st.ADAPTER_ROLLOUT, status, reason, _clip(message), generation=generation, now=now)
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import functools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
+from llama_operator.adapters.checks import CheckRunner
 from llama_operator.adapters.rollout import (
     ADAPTERS_ANNOTATION,
     GATE_CONDITION,
@@ -26,22 +30,22 @@ from llama_operator.adapters.rollout import (
 )
 from llama_operator.adapters.runtime_load import drain, load_serving_set
 from llama_operator.adapters.smoke import smoke_test
-from llama_operator.api.spec import Adapter, LlamaDeploymentSpec
-from llama_operator.api.status import AdapterRolloutStatus
+from llama_operator.api.spec import Adapter, LlamaDeploymentSpec, SecretKeyRef
+from llama_operator.api.status import AdapterRolloutStatus, EngineCheck, LlamaDeploymentStatus
 from llama_operator.api.timestamps import epoch_seconds, rfc3339
-from llama_operator.kube import Kube
+from llama_operator.kube import Kube, KubeError
 from llama_operator.promql import PrometheusError, instant_query
 from llama_operator.status_report import container_problem
 
 Manifest = dict[str, Any]
+logger = logging.getLogger(__name__)
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # KWOK's fake nodes run no containers: nothing to smoke-test
 
 
-def state_from_status(status: Mapping[str, Any]) -> RolloutState:
-    raw = status.get("adapterRollout")
-    if not raw:
+def state_from_status(status: LlamaDeploymentStatus) -> RolloutState:
+    saved = status.adapter_rollout
+    if saved is None:
         return RolloutState()
-    saved = AdapterRolloutStatus.model_validate(raw)
     return RolloutState(
         phase=saved.phase,
         target=",".join(saved.target),
@@ -114,6 +118,7 @@ class RolloutResult:
     state: RolloutState
     rollbacks: tuple[RollbackNotice, ...]
     smoke_results: tuple[str, ...]
+    checks: tuple[EngineCheck, ...] = ()
 
 
 async def _set_gate(
@@ -138,14 +143,15 @@ async def _set_loaded(kube: Kube, namespace: str, pod: str, key: str, now: float
 
 async def _load_and_verify(
     kube: Kube, http: httpx.AsyncClient, namespace: str, pod: Manifest, *, spec: LlamaDeploymentSpec,
-    engine: str, served_name: str, adapters: tuple[Adapter, ...], now: float,
-) -> str:  # fmt: skip
+    engine: str, served_name: str, adapters: tuple[Adapter, ...],
+) -> None:  # fmt: skip
     """Out of traffic, drained, loaded, smoke-tested, back in traffic (or left out with the reason)."""
     name = pod["metadata"]["name"]
     url = _pod_url(pod)
     if url is None:
-        return f"{name}: no address yet"
+        return
     key = adapter_key(adapters)
+    now = time.time()
     await _set_gate(kube, namespace, name, passed=False, message=f"loading [{key}]", now=now, reason="LoadingAdapters")
     busy = await drain(http, url)
     load = await load_serving_set(http, url, adapters) if busy is None else None
@@ -158,23 +164,63 @@ async def _load_and_verify(
     )
     passed = result is not None and result.passed
     message = busy or (load.message if load and not load.loaded else "") or (result.message if result else "")
-    await _set_loaded(kube, namespace, name, key, now)
-    await _set_gate(kube, namespace, name, passed=passed, message=message, now=now)
-    return f"{name}: {'passed' if passed else 'FAILED'}: {message}"
+    await _set_loaded(kube, namespace, name, key, time.time())
+    await _set_gate(kube, namespace, name, passed=passed, message=message, now=time.time())
+    logger.info("adapters on %s/%s: %s: %s", namespace, name, "passed" if passed else "FAILED", message)
 
 
-async def _metric_gate_value(http: httpx.AsyncClient, spec: LlamaDeploymentSpec, url: str | None) -> float:
+async def _metric_gate_value(
+    kube: Kube, http: httpx.AsyncClient, namespace: str, spec: LlamaDeploymentSpec, url: str | None
+) -> float:
     gate = spec.adapter_rollout.metric_gate
     assert gate is not None
     if url is None:
         return float("inf")  # no Prometheus: the gate cannot pass
-    series = await instant_query(http, url, gate.query)
+    token = await prometheus_token(kube, namespace, spec.autoscaling.prometheus_auth_secret_ref)
+    series = await instant_query(http, url, gate.query, token)
     return max((s.value for s in series), default=0.0)
 
 
+async def prometheus_token(kube: Kube, namespace: str, ref: SecretKeyRef | None) -> str | None:
+    """The bearer token of `prometheusAuthSecretRef`, read when a query needs it (never logged)."""
+    if ref is None:
+        return None
+    try:
+        token = await asyncio.to_thread(kube.read_secret_key, namespace, ref.name, ref.key)
+    except KubeError as error:
+        raise PrometheusError(f"reading Secret {namespace}/{ref.name}: {error.message}") from error
+    if token is None:
+        raise PrometheusError(f"Secret {namespace}/{ref.name} has no key {ref.key}")
+    return token.strip()
+
+
+@dataclass(frozen=True)
+class RolloutIO:
+    """What the rollout's checks talk to."""
+
+    kube: Kube
+    http: httpx.AsyncClient
+    checks: CheckRunner
+
+
+async def _smoke_and_gate(
+    io: RolloutIO, namespace: str, pod: Manifest, *, spec: LlamaDeploymentSpec, engine: str, served_name: str,
+    adapters: tuple[Adapter, ...],
+) -> None:  # fmt: skip
+    name = pod["metadata"]["name"]
+    url = _pod_url(pod)
+    if url is None:
+        return
+    result = await smoke_test(
+        io.http, engine, url, served_name=served_name, adapters=adapters, smoke=spec.adapter_rollout.smoke_request
+    )
+    await _set_gate(io.kube, namespace, name, passed=result.passed, message=result.message, now=time.time())
+    logger.info("smoke request on %s/%s: %s: %s", namespace, name, "passed" if result.passed else "FAILED",
+                result.message)  # fmt: skip
+
+
 async def drive_rollout(
-    kube: Kube,
-    http: httpx.AsyncClient,
+    io: RolloutIO,
     *,
     namespace: str,
     spec: LlamaDeploymentSpec,
@@ -186,58 +232,58 @@ async def drive_rollout(
     prometheus_url: str | None,
     now: float,
 ) -> RolloutResult:
-    """Decide the next rollout step and carry out its smoke requests and metric gate."""
+    """Decide the next rollout step and start its checks; smoke requests and adapter loads run in the
+    background (see `checks`), so this returns in the time of a metric-gate query at most."""
     ours = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     runtime = loads_at_runtime(engine, spec.adapters)
-    views = [pod_view(p, runtime=runtime) for p in ours]
+    views = [
+        replace(pod_view(p, runtime=runtime), busy=io.checks.running(namespace, p["metadata"]["name"]) is not None)
+        for p in ours
+    ]
     step = step_rollout(
         spec.adapters, state, views, replicas=spec.replicas, policy=spec.adapter_rollout, now=now, runtime=runtime
     )
-    errors: list[str] = []
+    results: list[str] = []
     if any(isinstance(a, EvaluateMetricGate) for a in step.actions):
         try:
-            value = await _metric_gate_value(http, spec, prometheus_url or spec.autoscaling.prometheus_url)
+            url = spec.autoscaling.prometheus_url or prometheus_url
+            value = await _metric_gate_value(io.kube, io.http, namespace, spec, url)
         except PrometheusError as error:
             value = float("inf")  # a gate that cannot be read does not pass
-            errors.append(f"metric gate: {error}")
+            results.append(f"metric gate: {error}")
         step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
                             now=now, gate_value=value, runtime=runtime)  # fmt: skip
     by_name = {p["metadata"]["name"]: p for p in ours}
-    results = errors
+    serving = step.state.serving
     for action in step.actions:
-        if (
-            isinstance(action, LoadAdapters)
-            and by_name.get(action.pod, {}).get("spec", {}).get("nodeName") in fake_nodes
-        ):
-            await _set_loaded(kube, namespace, action.pod, step.state.serving_key, now)
-            await _set_gate(kube, namespace, action.pod, passed=True, message="fake node: nothing serves", now=now)
-            continue
-        if isinstance(action, LoadAdapters) and action.pod in by_name:
-            results.append(await _load_and_verify(
-                kube, http, namespace, by_name[action.pod], spec=spec, engine=engine, served_name=served_name,
-                adapters=step.state.serving, now=now,
-            ))  # fmt: skip
-            continue
-        if not isinstance(action, SmokeTest) or action.pod not in by_name:
+        if not isinstance(action, LoadAdapters | SmokeTest) or action.pod not in by_name:
             continue
         pod = by_name[action.pod]
         if pod["spec"].get("nodeName") in fake_nodes:
-            await _set_gate(
-                kube, namespace, action.pod, passed=True, message="fake node: nothing serves, not smoke-tested", now=now
-            )
+            if isinstance(action, LoadAdapters):
+                await _set_loaded(io.kube, namespace, action.pod, step.state.serving_key, now)
+            await _set_gate(io.kube, namespace, action.pod, passed=True,
+                            message="fake node: nothing serves, not smoke-tested", now=now)  # fmt: skip
             continue
-        url = _pod_url(pod)
-        if url is None:
+        if _pod_url(pod) is None:
             continue
-        result = await smoke_test(
-            http,
-            engine,
-            url,
-            served_name=served_name,
-            adapters=step.state.serving,
-            smoke=spec.adapter_rollout.smoke_request,
-        )
-        await _set_gate(kube, namespace, action.pod, passed=result.passed, message=result.message, now=now)
-        results.append(f"{action.pod}: {'passed' if result.passed else 'FAILED'}: {result.message}")
+        if isinstance(action, LoadAdapters):
+            work = functools.partial(
+                _load_and_verify, io.kube, io.http, namespace, pod, spec=spec, engine=engine,
+                served_name=served_name, adapters=serving,
+            )  # fmt: skip
+        else:
+            work = functools.partial(
+                _smoke_and_gate, io, namespace, pod, spec=spec, engine=engine, served_name=served_name,
+                adapters=serving,
+            )  # fmt: skip
+        check = io.checks.start(namespace, action.pod, type(action).__name__, work)
+        results.append(f"{action.pod}: {check.what} started")
+    running = io.checks.in_namespace_for(namespace, set(by_name))
+    pending = tuple(EngineCheck(pod=c.pod, check=_CHECK_NAMES.get(c.what, c.what), since=rfc3339(c.started))
+                    for c in running)  # fmt: skip
     notices = tuple(a for a in step.actions if isinstance(a, RollbackNotice))
-    return RolloutResult(step.state, notices, tuple(results))
+    return RolloutResult(step.state, notices, tuple(results), pending)
+
+
+_CHECK_NAMES = {"SmokeTest": "SmokeRequest", "LoadAdapters": "LoadAdapters"}

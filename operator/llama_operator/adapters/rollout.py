@@ -48,6 +48,7 @@ class PodView:
     gate_message: str = ""
     crash_message: str | None = None  # set when the engine container keeps failing
     deleting: bool = False
+    busy: bool = False  # a check (smoke request, adapter load) is in flight on this pod
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,11 @@ def _start(state: RolloutState, desired: Sequence[Adapter], now: float) -> Rollo
 
 
 def _gate_pending(pods: Sequence[PodView], key: str) -> list[PodView]:
-    return [p for p in pods if p.adapters == key and not p.deleting and p.containers_ready and p.gate == "Unknown"]
+    return [
+        p
+        for p in pods
+        if p.adapters == key and not p.deleting and not p.busy and p.containers_ready and p.gate == "Unknown"
+    ]
 
 
 def _failure(state: RolloutState, new_pods: Sequence[PodView], policy: AdapterRolloutPolicy, now: float) -> Step | None:
@@ -170,13 +175,13 @@ def _metric_gate(
 
 def _needs_load(pods: Sequence[PodView], key: str) -> list[PodView]:
     """Runtime loading: ready pods that do not have the serving set loaded."""
-    return [p for p in pods if p.adapters != key and not p.deleting and p.containers_ready]
+    return [p for p in pods if p.adapters != key and not p.deleting and not p.busy and p.containers_ready]
 
 
 def _next_loads(state: RolloutState, pods: Sequence[PodView], room: int) -> tuple[Action, ...]:
     """Runtime loading, one pod after another: nothing new while a loaded pod awaits its verdict."""
     key = state.serving_key
-    if any(p.adapters == key and p.gate == "Unknown" and not p.deleting for p in pods):
+    if any(p.busy or (p.adapters == key and p.gate == "Unknown" and not p.deleting) for p in pods):
         return ()
     return tuple(LoadAdapters(p.name) for p in _needs_load(pods, key)[: max(room, 0)])
 

@@ -1,13 +1,14 @@
-"""Parse a LlamaDeployment spec once, at the edge, into typed models."""
+"""Parse a LlamaDeployment spec and status once, at the edge, into typed models."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.api.status import Condition, LlamaDeploymentStatus
 
 
 class InvalidSpecError(ValueError):
@@ -27,3 +28,30 @@ def parse_spec(spec: Mapping[str, Any]) -> LlamaDeploymentSpec:
         return LlamaDeploymentSpec.model_validate(dict(spec))
     except ValidationError as error:
         raise InvalidSpecError(describe_validation_error(error)) from error
+
+
+def parse_status(status: Mapping[str, Any]) -> LlamaDeploymentStatus:
+    """The status the object carries, typed. A field we cannot read (hand-edited, or written by another
+    version) is dropped, so the next write replaces it; a condition we cannot read is dropped alone."""
+    raw = dict(status)
+    raw["conditions"] = [c for c in raw.get("conditions") or [] if _readable(Condition, c)]
+    known = LlamaDeploymentStatus.model_fields
+    aliases = {info.alias or name: name for name, info in known.items()}
+    kept = {key: value for key, value in raw.items() if key in aliases and _readable_field(key, value)}
+    return LlamaDeploymentStatus.model_validate(kept)
+
+
+def _readable(model: type[BaseModel], value: object) -> bool:
+    try:
+        model.model_validate(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _readable_field(alias: str, value: object) -> bool:
+    try:
+        LlamaDeploymentStatus.model_validate({alias: value})
+    except ValidationError:
+        return False
+    return True

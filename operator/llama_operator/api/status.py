@@ -94,9 +94,20 @@ class AutoscalingStatus(CamelModel):
     recommendations: list[ScalingRecommendation] = Field(
         default_factory=list, description="Recommendations inside the stabilization windows."
     )
+    metrics_available: bool = Field(
+        default=True, description="Whether the last evaluation read complete, fresh metrics (ScalingActive)."
+    )
 
 
 AdapterRolloutPhase = Literal["Idle", "Progressing", "Succeeded", "RolledBack"]
+
+
+class EngineCheck(CamelModel):
+    """A request to an engine in flight: a smoke request or a runtime adapter load on one pod."""
+
+    pod: str = Field(description="The pod being checked.")
+    check: str = Field(description="SmokeRequest or LoadAdapters.")
+    since: str = Field(description="When the check started (RFC 3339); no answer yet.")
 
 
 class AdapterRolloutStatus(CamelModel):
@@ -114,6 +125,7 @@ class AdapterRolloutStatus(CamelModel):
     start_time: str | None = Field(default=None, description="When the rollout started (RFC 3339).")
     canary_verified_time: str | None = Field(default=None, description="When the canary passed (RFC 3339).")
     message: str = Field(default="", description="The last check's outcome.")
+    checks: list[EngineCheck] = Field(default_factory=list, description="Engine checks in flight, by pod.")
 
 
 class LlamaDeploymentStatus(CamelModel):

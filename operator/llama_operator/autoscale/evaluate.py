@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from llama_operator.api import status as st
-from llama_operator.api.conditions import make_condition, merge_conditions
+from llama_operator.adapters.drive import prometheus_token
 from llama_operator.api.spec import LlamaDeploymentSpec
-from llama_operator.api.status import AutoscalingStatus, Condition, ScalingRecommendation
+from llama_operator.api.status import AutoscalingStatus, LlamaDeploymentStatus, ScalingRecommendation
 from llama_operator.api.timestamps import epoch_seconds, rfc3339
 from llama_operator.autoscale.decision import (
     Policy,
@@ -42,7 +40,6 @@ Manifest = dict[str, Any]
 class Evaluation:
     decision: ScalingDecision
     status: AutoscalingStatus
-    conditions: list[Condition]
     scaled: bool
     error: str | None
 
@@ -53,16 +50,6 @@ def policy(spec_policy: Any) -> Policy:
         max_step=spec_policy.max_step,
         cooldown_seconds=spec_policy.cooldown_seconds,
     )
-
-
-async def _prometheus_token(kube: Kube, namespace: str, spec: LlamaDeploymentSpec) -> str | None:
-    ref = spec.autoscaling.prometheus_auth_secret_ref
-    if ref is None:
-        return None
-    secret = await asyncio.to_thread(kube.get, "v1", "Secret", namespace, ref.name)
-    if secret is None or ref.key not in (secret.get("data") or {}):
-        raise PrometheusError(f"Secret {namespace}/{ref.name} has no key {ref.key}")
-    return base64.b64decode(secret["data"][ref.key]).decode().strip()
 
 
 async def fetch_samples(
@@ -77,21 +64,19 @@ async def fetch_samples(
 
 def scaling_input(
     spec: LlamaDeploymentSpec,
-    status: Mapping[str, Any],
+    status: LlamaDeploymentStatus,
     samples: Sequence[Sample] | None,
     *,
-    ready_pods: int,
     target: float,
     now: float,
 ) -> ScalingInput:
-    previous = status.get("autoscaling") or {}
-    history = [Recommendation(float(r["time"]), int(r["replicas"])) for r in previous.get("recommendations") or []]
+    previous = status.autoscaling
+    history = [Recommendation(float(r.time), r.replicas) for r in previous.recommendations] if previous else []
     scaling = spec.autoscaling
+    ready = status.ready_replicas
     return ScalingInput(
         current_replicas=spec.replicas,
-        ready_pods=int(status.get("readyReplicas") or 0)
-        if samples is None or len(samples) != 1
-        else min(int(status.get("readyReplicas") or 0), len({s.pod for s in samples})),
+        ready_pods=ready if samples is None or len(samples) != 1 else min(ready, len({s.pod for s in samples})),
         samples=samples,
         target_per_replica=target,
         min_replicas=scaling.min_replicas,
@@ -100,23 +85,32 @@ def scaling_input(
         scale_down=policy(scaling.scale_down),
         now=now,
         history=history,
-        last_scale_time=epoch_seconds(previous.get("lastScaleTime")),
+        last_scale_time=epoch_seconds(previous.last_scale_time if previous else None),
         max_sample_age_seconds=max(30.0, 4 * scaling.evaluation_interval_seconds),
     )
 
 
-async def evaluate(
+@dataclass(frozen=True)
+class MetricsRead:
+    """What Prometheus said (or why it did not), read outside the object's lock."""
+
+    queries: MetricQueries
+    target: float
+    samples: list[Sample] | None
+    error: str | None
+
+
+async def read_metrics(
     kube: Kube,
     http: httpx.AsyncClient,
     *,
     name: str,
     namespace: str,
     spec: LlamaDeploymentSpec,
-    status: Mapping[str, Any],
     default_prometheus_url: str | None,
-    generation: int,
     now: float,
-) -> Evaluation:
+) -> MetricsRead:
+    """Query Prometheus for this deployment's metric; every query is bounded by the client's timeout."""
     scaling = spec.autoscaling
     engine = resolve_engine(spec)
     queries = (
@@ -124,58 +118,52 @@ async def evaluate(
     )
     target = scaling.target_per_replica or default_target(engine, scaling.metric, spec.serving.max_concurrent_sequences)
     url = scaling.prometheus_url or default_prometheus_url
-    error: str | None = None
-    samples: list[Sample] | None = None
     if url is None:
         error = "no Prometheus URL: set spec.autoscaling.prometheusUrl or the operator's prometheusUrl"
-    else:
-        try:
-            token = await _prometheus_token(kube, namespace, spec)
-            samples = await fetch_samples(http, url, queries, token, now)
-        except PrometheusError as failure:
-            PROMETHEUS_ERRORS.inc()
-            error = str(failure)
-    # A custom query's series are not pods: coverage cannot be checked against ready pods.
-    ready_pods = int(status.get("readyReplicas") or 0) if queries.per_pod else min(len(samples or ()), 1)
-    decision = decide_replicas(scaling_input(spec, status, samples, ready_pods=ready_pods, target=target, now=now))
-    reason = decision.reason if error is None else f"{decision.reason} ({error})"
+        return MetricsRead(queries, target, None, error)
+    try:
+        token = await prometheus_token(kube, namespace, scaling.prometheus_auth_secret_ref)
+        samples = await fetch_samples(http, url, queries, token, now)
+    except PrometheusError as failure:
+        PROMETHEUS_ERRORS.inc()
+        return MetricsRead(queries, target, None, str(failure))
+    return MetricsRead(queries, target, samples, None)
+
+
+async def decide_and_scale(
+    kube: Kube,
+    read: MetricsRead,
+    *,
+    name: str,
+    namespace: str,
+    spec: LlamaDeploymentSpec,
+    status: LlamaDeploymentStatus,
+    now: float,
+) -> Evaluation:
+    """Decide from the read and the stabilization history in status; write replicas when they change."""
+    decision = decide_replicas(scaling_input(spec, status, read.samples, target=read.target, now=now))
+    reason = decision.reason if read.error is None else f"{decision.reason} ({read.error})"
     scaled = decision.desired != spec.replicas
     if scaled:
         await asyncio.to_thread(kube.scale_llamadeployment, namespace, name, decision.desired)
     SCALING_DECISIONS.labels(decision.action).inc()
     if decision.metric is not None:
         SCALING_METRIC.labels(namespace, name).set(decision.metric)
-    previous = status.get("autoscaling") or {}
+    previous = status.autoscaling
     new_status = AutoscalingStatus(
         desired_replicas=decision.desired,
         current_metric=decision.metric,
-        target_per_replica=target,
-        query=queries.values,
+        target_per_replica=read.target,
+        query=read.queries.values,
         reason=reason,
         last_evaluation_time=rfc3339(now),
-        last_scale_time=rfc3339(now) if scaled else previous.get("lastScaleTime"),
+        last_scale_time=rfc3339(now) if scaled else (previous.last_scale_time if previous else None),
         recommendations=[ScalingRecommendation(time=int(r.at), replicas=r.replicas) for r in decision.history],
+        metrics_available=decision.metrics_available,
     )
-    condition = (
-        make_condition(
-            st.SCALING_ACTIVE, "True", st.REASON_SCALING_ACTIVE, reason, generation=generation, now=rfc3339(now)
-        )
-        if decision.metrics_available
-        else make_condition(
-            st.SCALING_ACTIVE,
-            "False",
-            st.REASON_METRICS_UNAVAILABLE,
-            f"{reason}; replicas hold until metrics return",
-            generation=generation,
-            now=rfc3339(now),
-        )
-    )
-    previous_conditions = [Condition.model_validate(c) for c in status.get("conditions") or []]
-    return Evaluation(decision, new_status, merge_conditions(previous_conditions, [condition]), scaled, error)
+    return Evaluation(decision, new_status, scaled, read.error)
 
 
 def status_patch(evaluation: Evaluation) -> Manifest:
-    return {
-        "autoscaling": evaluation.status.model_dump(by_alias=True, mode="json"),
-        "conditions": [c.model_dump(by_alias=True, mode="json") for c in evaluation.conditions],
-    }
+    """The autoscaler's one field: status.autoscaling."""
+    return {"autoscaling": evaluation.status.model_dump(by_alias=True, mode="json")}

@@ -1,0 +1,161 @@
+"""Running passes: one at a time per LlamaDeployment, bursts of events folded into one pass, status written
+once and only when it changed, by the one writer of each field.
+
+The reconcile pass writes everything in status except `status.autoscaling`; the autoscaler writes only
+`status.autoscaling` and then runs a pass, which derives `ScalingActive` from it. Both take the object's
+lock, and neither holds it while waiting on an engine or Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_operator.api.parse import parse_status
+from llama_operator.api.status import LlamaDeploymentStatus
+from llama_operator.metrics import PASSES, RECONCILE_SECONDS, STATUS_WRITES
+from llama_operator.observed import ObjectView, OwnerKey, resource_version
+from llama_operator.reconcile import ObjectRef, OperatorContext, Outcome, changed, reconcile, status_patch
+from llama_operator.sizing.gpu_classes import Inventory, NodeFacts, inventory_from_nodes
+
+Manifest = dict[str, Any]
+logger = logging.getLogger(__name__)
+
+
+def slim_owner(body: Mapping[str, Any]) -> Manifest:
+    """What passes read of a LlamaDeployment."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+            if k in meta}  # fmt: skip
+    return {"metadata": kept, "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
+@dataclass
+class InventoryCache:
+    """The GPU inventory from the cached nodes, recomputed only when a fact sizing reads changed."""
+
+    _key: tuple[Any, ...] | None = None
+    _inventory: Inventory | None = None
+
+    @property
+    def current(self) -> Inventory | None:
+        return self._inventory
+
+    def get(self, ctx: OperatorContext, nodes: Iterable[NodeFacts]) -> Inventory:
+        facts = sorted(nodes, key=lambda n: n.name)
+        key = tuple((n.name, tuple(sorted(n.labels.items())), n.allocatable_gpus, n.allocatable_memory_bytes,
+                     n.unreadable) for n in facts)  # fmt: skip
+        if key != self._key or self._inventory is None:
+            self._inventory = inventory_from_nodes(facts, ctx.config.class_list(), ctx.config.cpu_cost_per_replica)
+            self._key = key
+        return self._inventory
+
+
+@dataclass(frozen=True)
+class PassInput:
+    """What one pass reads, all from caches."""
+
+    owner: Mapping[str, Any]  # slim LlamaDeployment (metadata, spec, status)
+    view: ObjectView
+    inventory: Inventory
+    fake_nodes: set[str]
+
+
+@dataclass
+class PassRunner:
+    """Per-object serialisation, event folding and write-through of our own status writes."""
+
+    ctx: OperatorContext
+    _locks: weakref.WeakValueDictionary[OwnerKey, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
+    _queued: set[OwnerKey] = field(default_factory=set)
+    _written: dict[OwnerKey, tuple[int, Manifest]] = field(default_factory=dict)  # our last status write
+    inventory: InventoryCache = field(default_factory=InventoryCache)
+
+    def lock(self, key: OwnerKey) -> asyncio.Lock:
+        """One pass at a time per LlamaDeployment; the entry goes when nobody holds or awaits it."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    def forget(self, key: OwnerKey) -> None:
+        self._written.pop(key, None)
+        self._queued.discard(key)
+        self.ctx.applied.forget(*key)
+
+    def status_of(self, key: OwnerKey, owner: Mapping[str, Any]) -> Manifest:
+        """The freshest status we know: the cached object's, or our own later write."""
+        written = self._written.get(key)
+        if written is not None and written[0] > resource_version(owner):
+            return written[1]
+        self._written.pop(key, None)
+        return dict(owner.get("status") or {})
+
+    async def write_status(self, key: OwnerKey, patch: Manifest, writer: str) -> None:
+        result = await asyncio.to_thread(self.ctx.kube.patch_llamadeployment_status, key[0], key[1], patch)
+        STATUS_WRITES.labels(writer).inc()
+        self._written[key] = (resource_version(result), dict(result.get("status") or {}))
+
+    async def run(
+        self, key: OwnerKey, read: Callable[[], PassInput | None], trigger: str
+    ) -> tuple[Outcome, Manifest] | None:
+        """A pass for `key`, unless one is already waiting for the lock (it will see this event's state).
+        Returns the outcome and the status the object carried before, or None when folded or gone."""
+        if key in self._queued:
+            return None
+        self._queued.add(key)
+        lock = self.lock(key)
+        try:
+            await lock.acquire()
+        finally:
+            self._queued.discard(key)  # from here on, a new event needs a pass of its own
+        try:
+            return await self._pass(key, read, trigger)
+        finally:
+            lock.release()
+
+    async def run_now(
+        self, key: OwnerKey, read: Callable[[], PassInput | None], trigger: str
+    ) -> tuple[Outcome, Manifest] | None:
+        """A pass that is never folded (the owner's own create/update/resume must report its result)."""
+        async with self.lock(key):
+            return await self._pass(key, read, trigger)
+
+    async def _pass(
+        self, key: OwnerKey, read: Callable[[], PassInput | None], trigger: str
+    ) -> tuple[Outcome, Manifest] | None:
+        found = read()
+        if found is None or found.owner["metadata"].get("deletionTimestamp"):
+            return None
+        PASSES.labels(trigger).inc()
+        meta = found.owner["metadata"]
+        ref = ObjectRef(key[1], key[0], str(meta["uid"]), int(meta.get("generation") or 0))
+        current = self.status_of(key, found.owner)
+        status: LlamaDeploymentStatus = parse_status(current)
+        with RECONCILE_SECONDS.time():
+            outcome = await reconcile(self.ctx, ref, found.owner.get("spec") or {}, status, view=found.view,
+                                      inventory=found.inventory, fake_nodes=found.fake_nodes)  # fmt: skip
+        new_status = status_patch(outcome)
+        if changed(current, new_status):
+            await self.write_status(key, new_status, "reconcile")
+        return outcome, current
+
+    async def run_after(
+        self,
+        key: OwnerKey,
+        first: Callable[[LlamaDeploymentStatus], Awaitable[None]],
+        read: Callable[[], PassInput | None],
+        trigger: str,
+    ) -> tuple[Outcome, Manifest] | None:
+        """Under the lock: `first` (the autoscaler's write of its own field), then a pass that sees it."""
+        async with self.lock(key):
+            found = read()
+            if found is None or found.owner["metadata"].get("deletionTimestamp"):
+                return None
+            await first(parse_status(self.status_of(key, found.owner)))
+            return await self._pass(key, read, trigger)
