@@ -53,7 +53,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO  # our decisions (Planned, ScaledUp, ...) are Normal events
     settings.posting.loggers = False  # log lines stay logs; only explicit kopf.info/warn become Events
     settings.execution.default_backoff = 5  # a retry after an API hiccup should not wait a minute
-    settings.watching.client_timeout = 300  # a silent watch is re-established, not trusted forever
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30  # kopf's own PATCHes: no call may hang a handler
     if "runner" not in memo:

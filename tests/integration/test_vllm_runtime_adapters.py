@@ -23,7 +23,13 @@ from tests.integration.serving_fixtures import (
     wait_adapter_rollout,
 )
 from tests.integration.test_operator import OperatorProcess
-from tests.integration.vllm_fixtures import VllmAssets, make_vllm_assets, vllm_control_plane, vllm_llama_deployment
+from tests.integration.vllm_fixtures import (
+    VllmAssets,
+    make_vllm_assets,
+    vllm_control_plane,
+    vllm_llama_deployment,
+    vllm_pod_urls,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +179,37 @@ def test_a_restarted_pod_gets_its_adapters_before_traffic(
     assert loaded.message == "support@v2"
     assert gate.status == "True"
     assert ready.last_transition_time >= gate.last_transition_time, "Ready only after the adapters were verified"
+
+
+SILENT = "vllm-silent"
+
+
+def test_an_engine_that_never_answers_does_not_wedge_its_deployment(api_client: Any, operator: OperatorProcess) -> None:
+    """The engine accepts the smoke request's connection and never answers (a chat completion that takes an
+    hour): the same LlamaDeployment still takes a replicas change at once, and its status names the pod."""
+    namespace = create_namespace(api_client)
+    manifest = vllm_llama_deployment(SILENT, adapters=[adapter("v1")], replicas=1)
+    manifest["spec"]["engine"]["env"] = [{"name": "STANDIN_DELAY_SECONDS", "value": "3600"}]
+    manifest["spec"]["adapterRollout"] = {"smokeRequest": {"prompt": "Say hello.", "maxTokens": 4,
+                                                           "timeoutSeconds": 600}}  # fmt: skip
+    objects = kube_client.CustomObjectsApi(api_client)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    rollout = wait_adapter_rollout(
+        api_client, namespace, SILENT, lambda r: bool(r.get("checks")), what="a check in flight",
+        operator=operator, timeout_seconds=TIMEOUT,
+    )  # fmt: skip
+    silent_pod = rollout["checks"][0]["pod"]
+    assert silent_pod in vllm_pod_urls(api_client, namespace, SILENT)
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, SILENT, {"spec": {"replicas": 2}})
+    apps = kube_client.AppsV1Api(api_client)
+    poll_until(
+        lambda: True if apps.read_namespaced_deployment(SILENT, namespace).spec.replicas == 2 else None,
+        30,
+        "the Deployment to take replicas: 2 while the engine stays silent",
+    )
+    status = get_llamadeployment(api_client, namespace, SILENT)["status"]
+    assert silent_pod in [c["pod"] for c in status["adapterRollout"]["checks"]]
+    condition = next(c for c in status["conditions"] if c["type"] == "AdapterRollout")
+    print(f"silent engine: {condition['message']}")
+    assert f"on pod {silent_pod} unanswered since" in condition["message"]
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, SILENT)
