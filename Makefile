@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup controlplane llamaserver lint unit integration crds golden bench clean
+.PHONY: demo test setup controlplane llamaserver vllmruntime lint unit integration crds golden bench clean
 
 demo: setup controlplane llamaserver
 	$(BIN)/llama-operator dev
 
-test: setup controlplane llamaserver lint
+test: setup controlplane llamaserver vllmruntime lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 setup: $(STAMP)
@@ -26,6 +26,9 @@ controlplane:
 
 llamaserver:
 	bash hack/build-llama-server.sh >/dev/null
+
+vllmruntime:
+	bash hack/build-vllm-runtime.sh >/dev/null
 
 lint: setup
 	$(BIN)/ruff check operator tests bench

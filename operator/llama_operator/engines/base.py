@@ -16,6 +16,10 @@ ADAPTER_MOUNT = "/adapters"
 HTTP_PORT_NAME = "http"
 
 
+# The vLLM release the tests run: hack/build-vllm-runtime.sh reads VLLM_VERSION from this line.
+VLLM_VERSION = "0.32.0"
+
+
 @dataclass(frozen=True)
 class EngineImages:
     """Default images, pinned; the chart's values and spec.engine.image override them."""
