@@ -74,6 +74,22 @@ class TestVllm:
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
 
+    def test_adapters_from_storage_follow_one_lora_modules_flag(self) -> None:
+        # vLLM's --lora-modules replaces its list on every occurrence: a repeated flag keeps only the last.
+        adapters = [
+            {"name": "support", "source": "s3://b/support", "version": "v2"},
+            {"name": "sql", "source": "pvc://claim/sql", "version": "v1"},
+            {"name": "legal", "source": "https://example.com/legal.tar", "version": "v3"},
+        ]
+        args = container(spec(adapters=adapters))["args"]
+        assert args.count("--lora-modules") == 1
+        start = args.index("--lora-modules") + 1
+        assert args[start : start + 3] == [
+            "support=/adapters/support/v2",
+            "sql=/adapters/sql/v1",
+            "legal=/adapters/legal/v3",
+        ]
+
     def test_fp8_quantizes_at_load_and_awq_is_auto_detected(self) -> None:
         assert flag(container(spec(model={"quantization": "fp8"}))["args"], "--quantization") == "fp8"
         awq = container(spec(model={"catalogName": "llama-3.1-70b", "quantization": "awq"}))

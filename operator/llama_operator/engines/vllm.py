@@ -37,8 +37,9 @@ def serve_args(inp: EngineInput) -> list[str]:
     ]  # fmt: skip
     if inp.adapters:
         args += ["--enable-lora"]
-        for adapter in inp.pod_adapters:  # runtime-loaded adapters come through the API instead
-            args += ["--lora-modules", f"{adapter.name}={adapter_path(inp, adapter.name, adapter.version)}"]
+    if inp.pod_adapters:  # runtime-loaded adapters come through the API instead
+        # One flag, every adapter after it: vLLM keeps only the last of repeated --lora-modules.
+        args += ["--lora-modules", *(f"{a.name}={adapter_path(inp, a.name, a.version)}" for a in inp.pod_adapters)]
     if spec.serving.tool_calling:
         family = inp.decision.request.work.model.family
         args += ["--enable-auto-tool-choice", "--tool-call-parser", TOOL_PARSERS.get(family, "llama3_json")]
