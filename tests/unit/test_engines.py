@@ -8,6 +8,7 @@ import pytest
 
 from llama_operator.api.parse import InvalidSpecError
 from llama_operator.api.spec import LlamaDeploymentSpec
+from llama_operator.engines.base import LLAMACPP_BUILD
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
@@ -152,7 +153,7 @@ class TestLlamaCpp:
         assert flag(c["args"], "--ctx-size") == str(8192 * 4)
         assert int(flag(c["args"], "--threads-http")) >= 4 + 2, "queued requests must not starve /health"
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
-        assert c["image"].endswith(":server-b6900")
+        assert c["image"] == f"ghcr.io/ggml-org/llama.cpp:server-b{LLAMACPP_BUILD}"  # the build the tests run
 
     def test_gpu_offloads_every_layer_and_uses_the_cuda_image(self) -> None:
         c = container(gguf_spec())

@@ -16,18 +16,22 @@ ADAPTER_MOUNT = "/adapters"
 HTTP_PORT_NAME = "http"
 
 
-# The vLLM release the tests run: hack/build-vllm-runtime.sh reads VLLM_VERSION from this line.
+# The engine releases the tests run, and so the tags of the default images. hack/build-vllm-runtime.sh
+# reads VLLM_VERSION from this line; LLAMACPP_BUILD is the llama.cpp build that hack/build-llama-server.sh
+# compiles (LLAMA_CPP_BUILD_NUMBER in hack/llama-server-version.env). tests/unit/test_image_versions.py
+# fails when they drift apart.
 VLLM_VERSION = "0.32.0"
+LLAMACPP_BUILD = 11312
 
 
 @dataclass(frozen=True)
 class EngineImages:
     """Default images, pinned; the chart's values and spec.engine.image override them."""
 
-    vllm: str = "vllm/vllm-openai:v0.11.0"
+    vllm: str = f"vllm/vllm-openai:v{VLLM_VERSION}"
     tgi: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
-    llamacpp_cpu: str = "ghcr.io/ggml-org/llama.cpp:server-b6900"
-    llamacpp_cuda: str = "ghcr.io/ggml-org/llama.cpp:server-cuda-b6900"
+    llamacpp_cpu: str = f"ghcr.io/ggml-org/llama.cpp:server-b{LLAMACPP_BUILD}"
+    llamacpp_cuda: str = f"ghcr.io/ggml-org/llama.cpp:server-cuda-b{LLAMACPP_BUILD}"
     downloader: str = "curlimages/curl:8.16.0"
     s3_downloader: str = "amazon/aws-cli:2.31.0"
 
