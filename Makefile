@@ -52,6 +52,8 @@ golden: setup
 bench: setup controlplane
 	$(BIN)/python -m bench.autoscale --runs 7
 	$(BIN)/python -m bench.adapter_swap --swaps 4
+	$(BIN)/python -m bench.scale --n 100
+	$(BIN)/python -m bench.scale --n 1000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

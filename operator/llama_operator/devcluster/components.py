@@ -6,8 +6,10 @@ else is TLS with the dev cluster's CA (see ``certs.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llama_operator.devcluster.certs import ClusterCertificates
 from llama_operator.devcluster.pools import KWOK_MANAGED_SELECTOR
@@ -47,6 +49,67 @@ class ControlPlanePorts:
         return cls(*chosen)
 
 
+@dataclass(frozen=True)
+class ScaleSettings:
+    """Opt-in client limits and worker counts for thousands of objects; without it every component keeps its defaults.
+
+    The defaults of the components are sized for a shared production apiserver (controller-manager
+    20 requests/s, scheduler 50/s, 5 Deployment and ReplicaSet workers): with a thousand objects
+    applied at once, those limits and not the operator decide how fast pods exist. KWOK needs
+    nothing: its client has no rate limit, and it has no flags for one.
+    """
+
+    controller_manager_qps: int = 300
+    controller_manager_burst: int = 600
+    concurrent_deployment_syncs: int = 50
+    concurrent_replicaset_syncs: int = 50
+    scheduler_qps: int = 300
+    scheduler_burst: int = 600
+    max_requests_inflight: int = 800
+    max_mutating_requests_inflight: int = 400
+
+    def apiserver_flags(self) -> list[str]:
+        return [
+            f"--max-requests-inflight={self.max_requests_inflight}",
+            f"--max-mutating-requests-inflight={self.max_mutating_requests_inflight}",
+        ]
+
+    def controller_manager_flags(self) -> list[str]:
+        return [
+            f"--kube-api-qps={self.controller_manager_qps}",
+            f"--kube-api-burst={self.controller_manager_burst}",
+            f"--concurrent-deployment-syncs={self.concurrent_deployment_syncs}",
+            f"--concurrent-replicaset-syncs={self.concurrent_replicaset_syncs}",
+        ]
+
+    def scheduler_flags(self) -> list[str]:
+        return [f"--kube-api-qps={self.scheduler_qps}", f"--kube-api-burst={self.scheduler_burst}"]
+
+
+# Every request once its response is complete, without bodies: who (user, user agent), what (verb,
+# resource) and when. Watches also log when they start, which is dropped: one line per request.
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [{"level": "Metadata"}],
+}
+AUDIT_LOG_MAX_SIZE_MB = 4096  # rotate only past 4 GiB (the default is 100 MB; 0 disables rotation)
+AUDIT_LOG_MAX_BACKUPS = 20
+
+
+def audit_log_flags(policy_file: Path, log_file: Path) -> list[str]:
+    """The apiserver's audit log: JSON lines, written before each response returns ("blocking" mode)."""
+    return [
+        f"--audit-policy-file={policy_file}",
+        f"--audit-log-path={log_file}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+        f"--audit-log-maxsize={AUDIT_LOG_MAX_SIZE_MB}",
+        f"--audit-log-maxbackup={AUDIT_LOG_MAX_BACKUPS}",
+    ]
+
+
 def loopback_url(scheme: str, port: int, path: str = "") -> str:
     return f"{scheme}://{LOOPBACK}:{port}{path}"
 
@@ -70,7 +133,9 @@ def etcd_command(etcd: Path, data_dir: Path, ports: ControlPlanePorts) -> list[s
     ]
 
 
-def apiserver_command(apiserver: Path, certificates: ClusterCertificates, ports: ControlPlanePorts) -> list[str]:
+def apiserver_command(
+    apiserver: Path, certificates: ClusterCertificates, ports: ControlPlanePorts, *, extra_flags: Sequence[str] = ()
+) -> list[str]:
     return [
         str(apiserver),
         f"--etcd-servers={loopback_url('http', ports.etcd_client)}",
@@ -95,6 +160,7 @@ def apiserver_command(apiserver: Path, certificates: ClusterCertificates, ports:
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        *extra_flags,
     ]
 
 
@@ -115,7 +181,12 @@ def delegated_auth_flags(certificates: ClusterCertificates, kubeconfig: Path, po
 
 
 def controller_manager_command(
-    controller_manager: Path, certificates: ClusterCertificates, kubeconfig: Path, ports: ControlPlanePorts
+    controller_manager: Path,
+    certificates: ClusterCertificates,
+    kubeconfig: Path,
+    ports: ControlPlanePorts,
+    *,
+    extra_flags: Sequence[str] = (),
 ) -> list[str]:
     """Runs every controller under its own service account, signing tokens and CSRs with our keys."""
     return [
@@ -127,13 +198,19 @@ def controller_manager_command(
         f"--root-ca-file={certificates.ca.cert}",
         f"--cluster-signing-cert-file={certificates.ca.cert}",
         f"--cluster-signing-key-file={certificates.ca.key}",
+        *extra_flags,
     ]
 
 
 def scheduler_command(
-    scheduler: Path, certificates: ClusterCertificates, kubeconfig: Path, ports: ControlPlanePorts
+    scheduler: Path,
+    certificates: ClusterCertificates,
+    kubeconfig: Path,
+    ports: ControlPlanePorts,
+    *,
+    extra_flags: Sequence[str] = (),
 ) -> list[str]:
-    return [str(scheduler), *delegated_auth_flags(certificates, kubeconfig, ports.scheduler)]
+    return [str(scheduler), *delegated_auth_flags(certificates, kubeconfig, ports.scheduler), *extra_flags]
 
 
 def kwok_command(

@@ -9,6 +9,12 @@ one. ``stop()`` (or leaving the ``with`` block) ends every process.
 Two optional components: ``process_backed`` runs the pods of the process-backed pool as real
 local processes (``process_kubelet.py``; KWOK then leaves those nodes alone), and
 ``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``).
+
+Two opt-ins for measuring many objects: ``scale=ScaleSettings()`` raises the client limits and
+worker counts of the controller-manager and scheduler (and the apiserver's in-flight limits),
+and ``audit_log=True`` makes the apiserver write one JSON line per request to
+``logs/audit.log`` (who, verb, resource, when; no bodies). ``client_kubeconfig(user)`` gives a
+client its own identity, so its requests can be told apart in that log.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import yaml
 from kubernetes.client import ApiClient, Configuration
 
 from llama_operator.devcluster import components
@@ -31,8 +39,11 @@ from llama_operator.devcluster.certs import (
     ADMIN,
     CONTROLLER_MANAGER,
     SCHEDULER,
+    CertificateFiles,
+    ClientIdentity,
     ClusterCertificates,
     generate_cluster_certificates,
+    make_client_certificate,
 )
 from llama_operator.devcluster.kubeconfig import write_kubeconfig
 from llama_operator.devcluster.pools import (
@@ -66,6 +77,8 @@ class ControlPlane:
         process_backed: ProcessBackedConfig | None = None,
         prometheus: bool = False,
         prometheus_scrape_interval_seconds: float = 1.0,
+        scale: components.ScaleSettings | None = None,
+        audit_log: bool = False,
     ) -> None:
         self.workdir = workdir.absolute()
         self.pools_file = pools_file if pools_file is not None else DEFAULT_POOLS_FILE
@@ -85,6 +98,9 @@ class ControlPlane:
         self._prometheus_enabled = prometheus
         self._prometheus_scrape_interval_seconds = prometheus_scrape_interval_seconds
         self.prometheus: Prometheus | None = None
+        self.scale = scale
+        self.audit_log_path: Path | None = self.logs_dir / "audit.log" if audit_log else None
+        self.opt_in_flags: dict[str, list[str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -156,6 +172,16 @@ class ControlPlane:
         )
         return ApiClient(configuration)
 
+    def client_kubeconfig(self, user: str, groups: Sequence[str] = ("system:masters",)) -> Path:
+        """A kubeconfig for another client identity (CN ``user``, O ``groups``) signed by the cluster CA."""
+        if not self.ca_path.exists():
+            raise RuntimeError(f"control plane in {self.workdir} has not been started")
+        identity = ClientIdentity(f"client-{user}", user, tuple(groups))
+        authority = CertificateFiles(cert=self.ca_path, key=self.pki_dir / "ca.key")
+        client = make_client_certificate(authority, self.pki_dir, identity)
+        client.key.chmod(0o600)
+        return write_kubeconfig(self.workdir / f"{user}.kubeconfig", self.server_url, self.ca_path, user, client)
+
     # -- start steps -----------------------------------------------------------------------
 
     def _elapsed(self) -> float:
@@ -199,6 +225,8 @@ class ControlPlane:
     def _launch(
         self, name: str, command: list[str], health: HealthEndpoint, environment: dict[str, str] | None = None
     ) -> None:
+        if name in self.opt_in_flags:
+            LOGGER.info("%s opt-in flags: %s", name, " ".join(self.opt_in_flags[name]))
         process = ManagedProcess(name, command, self.logs_dir / f"{name}.log", environment)
         self._processes[name] = process
         pid = process.start()
@@ -217,8 +245,22 @@ class ControlPlane:
         health = HealthEndpoint(components.loopback_url("http", self.ports.etcd_client, "/readyz"))
         self._launch("etcd", command, health)
 
+    def _opt_in(self, component: str, flags: list[str]) -> list[str]:
+        """Remember the flags a caller opted into, so a benchmark can report them."""
+        if flags:
+            self.opt_in_flags[component] = flags
+        return flags
+
     def _start_apiserver(self, binaries: ControlPlaneBinaries, certificates: ClusterCertificates) -> None:
-        command = components.apiserver_command(binaries.path("kube-apiserver"), certificates, self.ports)
+        extra = self.scale.apiserver_flags() if self.scale is not None else []
+        if self.audit_log_path is not None:
+            policy_file = self.workdir / "audit-policy.yaml"
+            policy_file.write_text(yaml.safe_dump(components.AUDIT_POLICY, sort_keys=False), encoding="utf-8")
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            extra += components.audit_log_flags(policy_file, self.audit_log_path)
+        command = components.apiserver_command(
+            binaries.path("kube-apiserver"), certificates, self.ports, extra_flags=self._opt_in("kube-apiserver", extra)
+        )
         self._launch("kube-apiserver", command, self._admin_probe(self.ports.apiserver, "/readyz"))
 
     def _start_controller_manager(self, binaries: ControlPlaneBinaries, certificates: ClusterCertificates) -> None:
@@ -229,8 +271,13 @@ class ControlPlane:
             CONTROLLER_MANAGER.user,
             certificates.controller_manager,
         )
+        extra = self.scale.controller_manager_flags() if self.scale is not None else []
         command = components.controller_manager_command(
-            binaries.path("kube-controller-manager"), certificates, kubeconfig, self.ports
+            binaries.path("kube-controller-manager"),
+            certificates,
+            kubeconfig,
+            self.ports,
+            extra_flags=self._opt_in("kube-controller-manager", extra),
         )
         self._launch("kube-controller-manager", command, self._admin_probe(self.ports.controller_manager, "/healthz"))
 
@@ -242,7 +289,14 @@ class ControlPlane:
             SCHEDULER.user,
             certificates.scheduler,
         )
-        command = components.scheduler_command(binaries.path("kube-scheduler"), certificates, kubeconfig, self.ports)
+        extra = self.scale.scheduler_flags() if self.scale is not None else []
+        command = components.scheduler_command(
+            binaries.path("kube-scheduler"),
+            certificates,
+            kubeconfig,
+            self.ports,
+            extra_flags=self._opt_in("kube-scheduler", extra),
+        )
         self._launch("kube-scheduler", command, self._admin_probe(self.ports.scheduler, "/healthz"))
 
     def _start_kwok(self, binaries: ControlPlaneBinaries) -> None:
