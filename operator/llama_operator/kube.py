@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
@@ -180,10 +180,10 @@ class Kube:
         return True
 
     @mapped
-    def set_pod_condition(self, namespace: str, name: str, condition: Manifest) -> Manifest:
-        """Set one condition of a pod (a readiness gate); conditions merge by type."""
+    def set_pod_conditions(self, namespace: str, name: str, conditions: Sequence[Manifest]) -> Manifest:
+        """Set conditions of a pod (readiness gates) in one write; conditions merge by type."""
         path = resource_path("v1", "Pod", namespace, name) + "/status"
-        body = {"status": {"conditions": [condition]}}
+        body = {"status": {"conditions": [*conditions]}}
         return self._call("PATCH", path, body=body, content_type="application/strategic-merge-patch+json")
 
     @mapped

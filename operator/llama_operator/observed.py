@@ -134,7 +134,8 @@ def _same_scalar(observed: object, desired: object) -> bool:
 
 
 def _empty(value: object) -> bool:
-    return value is None or value in ({}, [])
+    """What the apiserver omits when it serialises a field (Go's omitempty): absent means the same."""
+    return value is None or value is False or value in ({}, [], "", 0)
 
 
 def contains(observed: object, desired: object) -> bool:
@@ -150,6 +151,33 @@ def contains(observed: object, desired: object) -> bool:
             return not desired and observed is None
         return len(observed) == len(desired) and all(contains(o, d) for o, d in zip(observed, desired, strict=True))
     return _same_scalar(observed, desired)
+
+
+def first_difference(observed: object, desired: object, path: str = "") -> str | None:
+    """The first path where `observed` does not hold `desired` (for the log line of an apply)."""
+    if isinstance(desired, Mapping) and isinstance(observed, Mapping):
+        return _first_in_mapping(observed, desired, path)
+    if isinstance(desired, list) and isinstance(observed, list):
+        found = next(
+            (d for i, (o, v) in enumerate(zip(observed, desired, strict=False))
+             if (d := first_difference(o, v, f"{path}[{i}]"))),
+            None,
+        )  # fmt: skip
+        if found is None and len(desired) != len(observed):
+            found = f"{path}: {len(observed)} items -> {len(desired)}"
+        return found
+    return None if contains(observed, desired) else f"{path}: {str(observed)[:80]} -> {str(desired)[:80]}"
+
+
+def _first_in_mapping(observed: Mapping[str, Any], desired: Mapping[str, Any], path: str) -> str | None:
+    for key, value in desired.items():
+        if key not in observed:
+            found = None if _empty(value) else f"{path}.{key} missing"
+        else:
+            found = first_difference(observed[key], value, f"{path}.{key}")
+        if found:
+            return found
+    return None
 
 
 def freshest(*records: ChildRecord | None) -> ChildRecord | None:

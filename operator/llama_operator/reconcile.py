@@ -24,7 +24,7 @@ from llama_operator.api.timestamps import rfc3339
 from llama_operator.engines.base import served_model_name
 from llama_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
-from llama_operator.observed import ChildRecord, ObjectView, child_record, freshest, needs_apply
+from llama_operator.observed import ChildRecord, ObjectView, child_record, first_difference, freshest, needs_apply
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import LWS_API, Owner, RenderOptions, render
@@ -150,6 +150,8 @@ async def _apply_differences(
         if not needs_apply(child, observed):
             continue
         what = f"{child['kind']}/{meta['name']}"
+        if observed is not None:
+            what += f" ({first_difference(observed.body, child)})"
         try:
             result = await asyncio.to_thread(ctx.kube.apply, child)
         except KubeError as error:

@@ -80,9 +80,9 @@ class FakeApi(Kube):
             owner["spec"]["replicas"] = replicas
             return self._bump(owner)
 
-    def set_pod_condition(self, namespace: str, name: str, condition: Manifest) -> Manifest:
+    def set_pod_conditions(self, namespace: str, name: str, conditions: list[Manifest]) -> Manifest:
         with self.lock:
-            self.writes.append(f"pod {name} {condition['type']}={condition['status']}")
+            self.writes.extend(f"pod {name} {c['type']}={c['status']}" for c in conditions)
             return {}
 
     def owner(self) -> Manifest:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from llama_operator.adapters.rollout import (
     RollbackNotice,
     RolloutState,
     SmokeTest,
+    Step,
     adapter_key,
     loads_at_runtime,
     step_rollout,
@@ -121,29 +122,30 @@ class RolloutResult:
     checks: tuple[EngineCheck, ...] = ()
 
 
-async def _set_gate(
-    kube: Kube, namespace: str, pod: str, *, passed: bool, message: str, now: float, reason: str | None = None
-) -> None:
-    condition = {
+def _gate(*, passed: bool, message: str, now: float, reason: str | None = None) -> Manifest:
+    return {
         "type": GATE_CONDITION,
         "status": "True" if passed else "False",
         "reason": reason or ("SmokeRequestPassed" if passed else "SmokeRequestFailed"),
         "message": message[:1024],
         "lastTransitionTime": rfc3339(now),
     }
-    await asyncio.to_thread(kube.set_pod_condition, namespace, pod, condition)
 
 
-async def _set_loaded(kube: Kube, namespace: str, pod: str, key: str, now: float) -> None:
-    """Record the set this pod now holds (the machine reads it back as the pod's adapters)."""
-    condition = {"type": LOADED_CONDITION, "status": "True", "reason": "Loaded", "message": key,
-                 "lastTransitionTime": rfc3339(now)}  # fmt: skip
-    await asyncio.to_thread(kube.set_pod_condition, namespace, pod, condition)
+def _loaded(key: str, now: float) -> Manifest:
+    """The set this pod now holds (the machine reads it back as the pod's adapters)."""
+    return {"type": LOADED_CONDITION, "status": "True", "reason": "Loaded", "message": key,
+            "lastTransitionTime": rfc3339(now)}  # fmt: skip
+
+
+async def _set(kube: Kube, namespace: str, pod: str, *conditions: Manifest) -> None:
+    """One PATCH for all: a pass never sees the new adapter set with the old verdict."""
+    await asyncio.to_thread(kube.set_pod_conditions, namespace, pod, list(conditions))
 
 
 async def _load_and_verify(
     kube: Kube, http: httpx.AsyncClient, namespace: str, pod: Manifest, *, spec: LlamaDeploymentSpec,
-    engine: str, served_name: str, adapters: tuple[Adapter, ...],
+    engine: str, served_name: str, adapters: tuple[Adapter, ...], release: Callable[[], None],
 ) -> None:  # fmt: skip
     """Out of traffic, drained, loaded, smoke-tested, back in traffic (or left out with the reason)."""
     name = pod["metadata"]["name"]
@@ -152,7 +154,9 @@ async def _load_and_verify(
         return
     key = adapter_key(adapters)
     now = time.time()
-    await _set_gate(kube, namespace, name, passed=False, message=f"loading [{key}]", now=now, reason="LoadingAdapters")
+    await _set(
+        kube, namespace, name, _gate(passed=False, message=f"loading [{key}]", now=now, reason="LoadingAdapters")
+    )
     busy = await drain(http, url)
     load = await load_serving_set(http, url, adapters) if busy is None else None
     result = (
@@ -164,8 +168,8 @@ async def _load_and_verify(
     )
     passed = result is not None and result.passed
     message = busy or (load.message if load and not load.loaded else "") or (result.message if result else "")
-    await _set_loaded(kube, namespace, name, key, time.time())
-    await _set_gate(kube, namespace, name, passed=passed, message=message, now=time.time())
+    release()
+    await _set(kube, namespace, name, _loaded(key, time.time()), _gate(passed=passed, message=message, now=time.time()))
     logger.info("adapters on %s/%s: %s: %s", namespace, name, "passed" if passed else "FAILED", message)
 
 
@@ -205,7 +209,7 @@ class RolloutIO:
 
 async def _smoke_and_gate(
     io: RolloutIO, namespace: str, pod: Manifest, *, spec: LlamaDeploymentSpec, engine: str, served_name: str,
-    adapters: tuple[Adapter, ...],
+    adapters: tuple[Adapter, ...], release: Callable[[], None],
 ) -> None:  # fmt: skip
     name = pod["metadata"]["name"]
     url = _pod_url(pod)
@@ -214,7 +218,8 @@ async def _smoke_and_gate(
     result = await smoke_test(
         io.http, engine, url, served_name=served_name, adapters=adapters, smoke=spec.adapter_rollout.smoke_request
     )
-    await _set_gate(io.kube, namespace, name, passed=result.passed, message=result.message, now=time.time())
+    release()
+    await _set(io.kube, namespace, name, _gate(passed=result.passed, message=result.message, now=time.time()))
     logger.info("smoke request on %s/%s: %s: %s", namespace, name, "passed" if result.passed else "FAILED",
                 result.message)  # fmt: skip
 
@@ -253,6 +258,11 @@ async def drive_rollout(
             results.append(f"metric gate: {error}")
         step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
                             now=now, gate_value=value, runtime=runtime)  # fmt: skip
+    if any(isinstance(a, RollbackNotice) for a in step.actions):
+        # Rolled back: what the restored set needs (reloading the canary) starts now, not at some later event.
+        after = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
+                             now=now, runtime=runtime)  # fmt: skip
+        step = Step(after.state, (*step.actions, *after.actions))
     by_name = {p["metadata"]["name"]: p for p in ours}
     serving = step.state.serving
     for action in step.actions:
@@ -260,10 +270,9 @@ async def drive_rollout(
             continue
         pod = by_name[action.pod]
         if pod["spec"].get("nodeName") in fake_nodes:
-            if isinstance(action, LoadAdapters):
-                await _set_loaded(io.kube, namespace, action.pod, step.state.serving_key, now)
-            await _set_gate(io.kube, namespace, action.pod, passed=True,
-                            message="fake node: nothing serves, not smoke-tested", now=now)  # fmt: skip
+            verdict = _gate(passed=True, message="fake node: nothing serves, not smoke-tested", now=now)
+            loaded = [_loaded(step.state.serving_key, now)] if isinstance(action, LoadAdapters) else []
+            await _set(io.kube, namespace, action.pod, *loaded, verdict)
             continue
         if _pod_url(pod) is None:
             continue
