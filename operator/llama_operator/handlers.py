@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import kopf
@@ -109,16 +109,6 @@ def llama_services(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED_LABELS, id="llama_pdbs")
 def llama_pdbs(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
-    return _child(body)
-
-
-@kopf.index("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED_LABELS, id="llama_servicemonitors")
-def llama_servicemonitors(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
-    return _child(body)
-
-
-@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED_LABELS, id="llama_lws")
-def llama_lws(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
     return _child(body)
 
 
@@ -230,8 +220,6 @@ async def _child_pass(
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-deployment")
 @kopf.on.event("", "v1", "services", labels=MANAGED_LABELS, id="child-service")
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_LABELS, id="child-pdb")
-@kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED_LABELS, id="child-servicemonitor")
-@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED_LABELS, id="child-lws")
 async def child_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """A child changed or went away: a hand edit is reverted at once, and the owner's status follows."""
     owner = owner_of(body)
@@ -272,6 +260,33 @@ async def inventory_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any)
 async def optional_api_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """The Prometheus Operator or LeaderWorkerSet CRDs came or went: children to add or stop rendering."""
     await _all_owners(memo, logger, "crd", kwargs)
+
+
+# Children of optional APIs: watched only where the operator may list and watch them (a watch that is
+# refused would hold every handler back, since kopf fills all indexes first).
+OPTIONAL_CHILDREN = {
+    "llama_servicemonitors": ("monitoring.coreos.com", "v1", "servicemonitors"),
+    "llama_lws": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
+}
+
+
+def watch_optional_children(allowed: Callable[[str, str], bool], logger: logging.Logger) -> list[str]:
+    """Register the index and event handler of each optional child kind the operator may watch."""
+    watched = []
+    for index_id, (group, version, plural) in OPTIONAL_CHILDREN.items():
+        if not allowed(group, plural):
+            logger.info(
+                "not watching %s.%s: no list/watch permission (the chart grants it when enabled)", plural, group
+            )
+            continue
+        kopf.index(group, version, plural, labels=MANAGED_LABELS, id=index_id)(_optional_child_index)
+        kopf.on.event(group, version, plural, labels=MANAGED_LABELS, id=f"child-{plural}")(child_changed)
+        watched.append(f"{plural}.{group}")
+    return watched
+
+
+def _optional_child_index(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildRecord]:
+    return _child(body)
 
 
 def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:

@@ -170,13 +170,17 @@ class Kube:
         return base64.b64decode(value).decode() if value is not None else None
 
     @mapped
-    def crd_exists(self, name: str) -> bool:
-        try:
-            self._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        except ApiException as error:
-            if error.status in (403, 404):
+    def can_watch(self, group: str, plural: str) -> bool:
+        """Whether this identity may list and watch `plural` cluster-wide (SelfSubjectAccessReview)."""
+        for verb in ("list", "watch"):
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"group": group, "resource": plural, "verb": verb}},
+            }
+            answer = self._call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+            if not (answer.get("status") or {}).get("allowed"):
                 return False
-            raise
         return True
 
     @mapped

@@ -10,20 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from llama_operator.render import LABEL_DEPLOYMENT
+from llama_operator.sizing.quantity import parse_quantity
 
 Manifest = dict[str, Any]
 OwnerKey = tuple[str, str]  # (namespace, LlamaDeployment name)
 
 _POD_ANNOTATIONS = ("llamaops.io/adapters",)
-_QUANTITY_SUFFIXES: dict[str, Decimal | int] = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6, "G": 10**9,
-    "T": 10**12, "P": 10**15, "E": 10**18,
-}  # fmt: skip
 
 
 def resource_version(body: Mapping[str, Any]) -> int:
@@ -105,19 +101,12 @@ def child_record(body: Mapping[str, Any]) -> ChildRecord:
     )
 
 
-def _quantity(value: object) -> Decimal | None:
+def _quantity(value: object) -> Fraction | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
-    text = str(value).strip()
-    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix) and text[: -len(suffix)]:
-            try:
-                return Decimal(text[: -len(suffix)]) * Decimal(_QUANTITY_SUFFIXES[suffix])
-            except InvalidOperation:
-                return None
     try:
-        return Decimal(text)
-    except InvalidOperation:
+        return parse_quantity(str(value))
+    except ValueError:
         return None
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import kopf
 from prometheus_client import start_http_server
 
-import llama_operator.handlers  # noqa: F401 - importing registers the kopf handlers
+from llama_operator.handlers import watch_optional_children  # importing registers the kopf handlers
 from llama_operator.kube import Kube
 from llama_operator.operator_config import load_config
 from llama_operator.reconcile import OperatorContext
@@ -55,6 +55,8 @@ def run_operator(
     configure_logging(log_level, log_format)
     config = load_config(config_path)
     context = OperatorContext(kube=Kube.from_environment(kubeconfig), config=config)
+    watched = watch_optional_children(context.kube.can_watch, logging.getLogger("llama_operator"))
+    logging.getLogger("llama_operator").info("optional children watched: %s", ", ".join(watched) or "none")
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
     kopf.run(

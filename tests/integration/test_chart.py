@@ -447,9 +447,14 @@ CLUSTER_WIDE_PERMISSIONS = {
     "create servicemonitors.monitoring.coreos.com -n default": True,
     "watch pods -A": True,
     "list nodes": True,
+    "watch nodes": True,  # the GPU inventory comes from a watch-fed cache
+    "watch services -A": True,
+    "watch poddisruptionbudgets.policy -A": True,
+    "watch servicemonitors.monitoring.coreos.com -A": True,
     "create events -n default": True,
     "watch customresourcedefinitions.apiextensions.k8s.io": True,
-    "get customresourcedefinitions.apiextensions.k8s.io/servicemonitors.monitoring.coreos.com": True,
+    "get deployments.apps -n default": False,  # children are read from the cache, never per pass
+    "get llamadeployments.llamaops.io -n default": False,
     # and nothing more
     "* *": False,
     "list secrets -A": False,

@@ -71,11 +71,10 @@ Rules the operator needs in every namespace it watches (a ClusterRole when it wa
 them, a Role per namespace otherwise). Each verb is used; see the comments.
 */}}
 {{- define "llama-operator.namespacedRules" -}}
-# LlamaDeployments: kopf lists and watches them and patches its annotations (and finalizers);
-# the operator reads one when a child changes.
+# LlamaDeployments: kopf lists and watches them (the operator's cache) and patches its annotations.
 - apiGroups: ["llamaops.io"]
   resources: ["llamadeployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Status is written through the status subresource, by kopf and by the operator; the
 # autoscaler writes replicas through the scale subresource, as `kubectl scale` does.
 - apiGroups: ["llamaops.io"]
@@ -87,26 +86,26 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
   resources: ["llamadeployments/finalizers"]
   verbs: ["update"]
 # Children by server-side apply: patch, and create because applying a new object creates it.
-# Deployments are also watched (drift) and read (status).
+# Every kind of child is watched into a cache: drift is reverted from its events, status read from it.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 {{- if .Values.rbac.serviceMonitors }}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 {{- end }}
 {{- if .Values.leaderWorkerSet.enabled }}
-# Multi-node replicas: applied like a Deployment and read for status.
+# Multi-node replicas: applied like a Deployment and watched for status.
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 {{- end }}
 # Pods of the children are watched and listed to report readiness and scheduling reasons.
 - apiGroups: [""]
