@@ -8,6 +8,7 @@ FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml requirements.lock ./
+# operator/ without the dev harness (.dockerignore); the wheel holds llama_operator only either way.
 COPY operator ./operator
 # Runtime dependencies only: the lock pins their versions, test tools are not pulled in.
 RUN pip wheel --wheel-dir /wheels --constraint requirements.lock .

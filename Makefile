@@ -8,17 +8,18 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test setup controlplane llamaserver vllmruntime lint unit integration crds golden bench clean
 
 demo: setup controlplane llamaserver
-	$(BIN)/llama-operator dev
+	$(BIN)/llama-operator-dev
 
 test: setup controlplane llamaserver vllmruntime lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e ./dev
 	touch $(STAMP)
 
 controlplane:

@@ -52,9 +52,9 @@ from bench.recorder import (
 )
 from bench.report import BENCH_DIR
 from bench.scale_report import write_results
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.binaries import find_binaries
-from llama_operator.devcluster.components import ScaleSettings
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.binaries import find_binaries
+from llama_operator_dev.components import ScaleSettings
 
 ROOT = BENCH_DIR.parent
 EXAMPLE = ROOT / "manifests" / "examples" / "llama-3.1-8b-vllm-24gb.yaml"

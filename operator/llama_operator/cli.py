@@ -22,6 +22,8 @@ from llama_operator.plan_output import (
 
 EXIT_INVALID = 2
 STDIN_NAME = "<stdin>"
+# The local control plane is its own distribution; the operator never imports it.
+DEV_MOVED = "the local dev cluster is not part of the operator: install llama-operator-dev and run llama-operator-dev"
 
 
 def _read_text(path: str) -> tuple[str, str]:
@@ -100,13 +102,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_dev(args: argparse.Namespace) -> int:
-    import tempfile  # noqa: PLC0415
-
-    from llama_operator.devcluster.dev import run_dev  # noqa: PLC0415 - only `dev` needs the control plane
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llama-operator-dev-"))
-    return run_dev(workdir, args.examples, sys.stdout)
+def _cmd_dev(_: argparse.Namespace) -> int:
+    print(f"error: {DEV_MOVED}", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,13 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     run.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     run.set_defaults(func=_cmd_run)
-    dev = commands.add_parser(
-        "dev", help="run a local control plane with fake GPU pools, the operator and the examples; Ctrl-C stops all"
-    )
-    dev.add_argument("--examples", type=Path, default=Path("manifests/examples"), help="LlamaDeployments to apply")
-    dev.add_argument(
-        "--workdir", type=Path, help="where certificates, logs and the kubeconfig go (default: a temp dir)"
-    )
+    dev = commands.add_parser("dev", help="moved: install llama-operator-dev and run llama-operator-dev")
+    for option in ("--examples", "--workdir"):  # the options it had, so an old command line gets the hint
+        dev.add_argument(option, help=argparse.SUPPRESS)
     dev.set_defaults(func=_cmd_dev)
     return parser
 

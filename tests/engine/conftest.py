@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llama_operator.devcluster.binaries import REPOSITORY_ROOT
-from llama_operator.devcluster.tiny_models import (
+from llama_operator_dev.binaries import REPOSITORY_ROOT
+from llama_operator_dev.tiny_models import (
     LLAMA_SERVER_BUILD_SCRIPT,
     TinyModelSet,
     find_vocab_file,

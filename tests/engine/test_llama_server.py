@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llama_operator.devcluster.binaries import parse_versions_env
-from llama_operator.devcluster.tiny_models import LLAMA_SERVER_VERSION_FILE, TINY_MODEL_NAME, TinyModelSet
+from llama_operator_dev.binaries import parse_versions_env
+from llama_operator_dev.tiny_models import LLAMA_SERVER_VERSION_FILE, TINY_MODEL_NAME, TinyModelSet
 from tests.engine.conftest import LlamaServerInstall, LlamaServerProcess
 
 CTX_SIZE = 4096

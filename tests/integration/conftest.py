@@ -17,8 +17,8 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.binaries import BUILD_SCRIPT, expected_bin_dir, missing_binaries
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.binaries import BUILD_SCRIPT, expected_bin_dir, missing_binaries
 
 T = TypeVar("T")
 

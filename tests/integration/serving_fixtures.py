@@ -24,12 +24,12 @@ import yaml
 from kubernetes import client as kube_client
 from kubernetes.client.exceptions import ApiException
 
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.binaries import REPOSITORY_ROOT, expected_bin_dir, missing_binaries
-from llama_operator.devcluster.pools import PROCESS_BACKED_LABEL
-from llama_operator.devcluster.process_kubelet import ProcessBackedConfig
-from llama_operator.devcluster.prometheus import Prometheus
-from llama_operator.devcluster.tiny_models import (
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.binaries import REPOSITORY_ROOT, expected_bin_dir, missing_binaries
+from llama_operator_dev.pools import PROCESS_BACKED_LABEL
+from llama_operator_dev.process_kubelet import ProcessBackedConfig
+from llama_operator_dev.prometheus import Prometheus
+from llama_operator_dev.tiny_models import (
     LLAMA_SERVER_BUILD_SCRIPT,
     TinyModelSet,
     find_vocab_file,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes import client as kube_client
 
-from llama_operator.devcluster import ControlPlane
+from llama_operator_dev import ControlPlane
 from tests.integration.conftest import poll_until
 from tests.integration.load import Load
 from tests.integration.serving_fixtures import (

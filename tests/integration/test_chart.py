@@ -22,10 +22,10 @@ from kubernetes import client as kube_client
 from kubernetes.client.exceptions import ApiException
 
 from llama_operator.cli import build_parser
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.binaries import expected_bin_dir
 from llama_operator.engines.base import EngineImages
 from llama_operator.operator_config import OperatorConfig
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.binaries import expected_bin_dir
 from tests.integration.conftest import poll_until, skip_without_binaries
 from tests.integration.test_operator import OperatorProcess, condition, example, wait_condition
 

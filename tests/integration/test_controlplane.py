@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kubernetes import client as kube_client
 
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.binaries import expected_bin_dir, read_versions
-from llama_operator.devcluster.pools import KWOK_MANAGED_LABEL, NODE_POOL_LABEL, load_node_pools
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.binaries import expected_bin_dir, read_versions
+from llama_operator_dev.pools import KWOK_MANAGED_LABEL, NODE_POOL_LABEL, load_node_pools
 
 from .conftest import poll_until, skip_without_binaries
 

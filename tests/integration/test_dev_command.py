@@ -1,4 +1,4 @@
-"""`llama-operator dev` (what `make demo` runs): every example placed on its planned pool, nothing left after Ctrl-C."""
+"""`llama-operator-dev` (what `make demo` runs): every example placed on its planned pool, nothing left after Ctrl-C."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_dev_places_every_example_and_leaves_nothing_behind(tmp_path: Path) -> N
     skip_without_binaries()
     workdir = tmp_path / "dev"
     process = subprocess.Popen(
-        [sys.executable, "-m", "llama_operator.cli", "dev", "--workdir", str(workdir)],
+        [sys.executable, "-m", "llama_operator_dev.cli", "--workdir", str(workdir)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from kubernetes import client as kube_client
 
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.pools import PROCESS_BACKED_LABEL
-from llama_operator.devcluster.prometheus import Sample
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.pools import PROCESS_BACKED_LABEL
+from llama_operator_dev.prometheus import Sample
 from tests.integration.conftest import poll_until
 from tests.integration.serving_fixtures import (
     ADAPTER_NAME,

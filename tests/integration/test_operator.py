@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client as kube_client
 from kubernetes.client.exceptions import ApiException
 
-from llama_operator.devcluster import ControlPlane
+from llama_operator_dev import ControlPlane
 from tests.integration.conftest import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from kubernetes import client as kube_client
 
-from llama_operator.devcluster import ControlPlane
+from llama_operator_dev import ControlPlane
 from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, create_namespace, running_operator
 from tests.integration.test_llamacpp_serving import wait_ld_condition
 from tests.integration.test_operator import OperatorProcess

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from kubernetes import client as kube_client
 
-from llama_operator.devcluster import ControlPlane
-from llama_operator.devcluster.pools import PROCESS_BACKED_LABEL
-from llama_operator.devcluster.process_kubelet import ProcessBackedConfig
-from llama_operator.devcluster.prometheus import Prometheus
+from llama_operator_dev import ControlPlane
+from llama_operator_dev.pools import PROCESS_BACKED_LABEL
+from llama_operator_dev.process_kubelet import ProcessBackedConfig
+from llama_operator_dev.prometheus import Prometheus
 from tests.integration.conftest import skip_without_binaries
 from tests.integration.serving_fixtures import GROUP, PROBE_PERIOD_SECONDS, VERSION
 

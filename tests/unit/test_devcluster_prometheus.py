@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_operator.devcluster.pod_discovery import pod_target_groups, sanitize_label_name
-from llama_operator.devcluster.prometheus import JOB_NAME, scrape_config
+from llama_operator_dev.pod_discovery import pod_target_groups, sanitize_label_name
+from llama_operator_dev.prometheus import JOB_NAME, scrape_config
 
 
 def rendered_pod(pod_ip: str | None = "127.0.1.3") -> dict[str, Any]:

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from llama_operator.api.spec import LlamaDeploymentSpec
-from llama_operator.devcluster.binaries import parse_versions_env
-from llama_operator.devcluster.vllm_runtime import vllm_python, vllm_runtime_dir
 from llama_operator.engines.base import LLAMACPP_BUILD, VLLM_VERSION, EngineImages
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
+from llama_operator_dev.binaries import parse_versions_env
+from llama_operator_dev.vllm_runtime import vllm_python, vllm_runtime_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from llama_operator.devcluster.pools import kwok_node_selector
-from llama_operator.devcluster.process_kubelet import ProcessBackedConfig
-from llama_operator.devcluster.process_pods import (
+from llama_operator_dev.pools import kwok_node_selector
+from llama_operator_dev.process_kubelet import ProcessBackedConfig
+from llama_operator_dev.process_pods import (
     ContainerView,
     LoopbackAllocator,
     Terminated,
@@ -29,8 +29,8 @@ from llama_operator.devcluster.process_pods import (
     termination_message,
     unmet_readiness_gates,
 )
-from llama_operator.devcluster.process_probes import ContainerProbes, ProbeCounter, probe_target
-from llama_operator.devcluster.real_cpu_pool import example_manifests, gguf_files, on_real_cpu_pool
+from llama_operator_dev.process_probes import ContainerProbes, ProbeCounter, probe_target
+from llama_operator_dev.real_cpu_pool import example_manifests, gguf_files, on_real_cpu_pool
 
 PATH_MAP = {
     "/app/llama-server": Path("/cache/llama-server/bin/llama-server"),

@@ -14,8 +14,8 @@ import gguf
 import numpy as np
 import pytest
 
-from llama_operator.devcluster.errors import BinariesMissingError
-from llama_operator.devcluster.tiny_models import (
+from llama_operator_dev.errors import BinariesMissingError
+from llama_operator_dev.tiny_models import (
     CHAT_TEMPLATE,
     LLAMA_SERVER_BUILD_SCRIPT,
     LLAMA_SERVER_VERSION_FILE,

@@ -22,7 +22,6 @@ import yaml
 
 from llama_operator.api.parse import parse_spec
 from llama_operator.api.spec import LlamaDeploymentSpec
-from llama_operator.devcluster.vllm_runtime import VLLM_RUNTIME_BUILD_SCRIPT, vllm_python
 from llama_operator.engines.base import VLLM_VERSION, served_model_name
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
@@ -34,6 +33,7 @@ from llama_operator.sizing.memory import (
     vllm_lora_rank,
     vllm_lora_slots,
 )
+from llama_operator_dev.vllm_runtime import VLLM_RUNTIME_BUILD_SCRIPT, vllm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))

@@ -23,8 +23,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from llama_operator.devcluster.process_kubelet_api import API_ERRORS, HTTP_NOT_FOUND, KubeletApi
-from llama_operator.devcluster.process_pods import (
+from llama_operator_dev.process_kubelet_api import API_ERRORS, HTTP_NOT_FOUND, KubeletApi
+from llama_operator_dev.process_pods import (
     ContainerView,
     Terminated,
     container_command,
@@ -39,8 +39,8 @@ from llama_operator.devcluster.process_pods import (
     termination_message,
     unmet_readiness_gates,
 )
-from llama_operator.devcluster.process_probes import ContainerProbes, ProbeKind, probe_target, run_probe
-from llama_operator.devcluster.processes import signal_group, tail_lines
+from llama_operator_dev.process_probes import ContainerProbes, ProbeKind, probe_target, run_probe
+from llama_operator_dev.processes import signal_group, tail_lines
 
 LOGGER = logging.getLogger(__name__)
 

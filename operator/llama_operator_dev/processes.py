@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from llama_operator.devcluster.errors import ProcessExitedError, ReadinessTimeoutError
+from llama_operator_dev.errors import ProcessExitedError, ReadinessTimeoutError
 
 LOGGER = logging.getLogger(__name__)
 

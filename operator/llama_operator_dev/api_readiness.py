@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from kubernetes.client import ApiClient, CoreV1Api, V1Node
 from kubernetes.client.exceptions import ApiException
 
-from llama_operator.devcluster.errors import ReadinessTimeoutError
-from llama_operator.devcluster.pools import KWOK_MANAGED_SELECTOR
+from llama_operator_dev.errors import ReadinessTimeoutError
+from llama_operator_dev.pools import KWOK_MANAGED_SELECTOR
 
 POLL_INTERVAL_SECONDS = 0.5
 HTTP_NOT_FOUND = 404

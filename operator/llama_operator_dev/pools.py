@@ -19,7 +19,7 @@ from kubernetes.client import ApiClient, CoreV1Api, V1Node
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llama_operator.devcluster.errors import NodePoolsError
+from llama_operator_dev.errors import NodePoolsError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_operator.devcluster.binaries import cache_root
 from llama_operator.engines.base import VLLM_VERSION
+from llama_operator_dev.binaries import cache_root
 
 VLLM_RUNTIME_BUILD_SCRIPT = "hack/build-vllm-runtime.sh"
 

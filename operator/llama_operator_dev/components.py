@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_operator.devcluster.certs import ClusterCertificates
-from llama_operator.devcluster.pools import KWOK_MANAGED_SELECTOR
-from llama_operator.devcluster.processes import free_loopback_port
+from llama_operator_dev.certs import ClusterCertificates
+from llama_operator_dev.pools import KWOK_MANAGED_SELECTOR
+from llama_operator_dev.processes import free_loopback_port
 
 LOOPBACK = "127.0.0.1"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # a config value only: no traffic goes there

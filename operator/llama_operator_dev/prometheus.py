@@ -39,9 +39,9 @@ import httpx
 import yaml
 from kubernetes.client import ApiClient
 
-from llama_operator.devcluster.errors import DevClusterError
-from llama_operator.devcluster.pod_discovery import PodDiscoveryBridge
-from llama_operator.devcluster.processes import HealthEndpoint, ManagedProcess, free_loopback_port
+from llama_operator_dev.errors import DevClusterError
+from llama_operator_dev.pod_discovery import PodDiscoveryBridge
+from llama_operator_dev.processes import HealthEndpoint, ManagedProcess, free_loopback_port
 
 LOGGER = logging.getLogger(__name__)
 

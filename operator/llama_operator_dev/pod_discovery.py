@@ -23,8 +23,8 @@ from typing import Any
 
 from kubernetes.client import ApiClient
 
-from llama_operator.devcluster.process_kubelet_api import API_ERRORS, KubeletApi
-from llama_operator.devcluster.processes import free_loopback_port
+from llama_operator_dev.process_kubelet_api import API_ERRORS, KubeletApi
+from llama_operator_dev.processes import free_loopback_port
 
 LOGGER = logging.getLogger(__name__)
 

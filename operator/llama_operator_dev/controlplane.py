@@ -32,10 +32,10 @@ from typing import Self
 import yaml
 from kubernetes.client import ApiClient, Configuration
 
-from llama_operator.devcluster import components
-from llama_operator.devcluster.api_readiness import wait_for_nodes_ready, wait_for_service_account
-from llama_operator.devcluster.binaries import ControlPlaneBinaries, find_binaries
-from llama_operator.devcluster.certs import (
+from llama_operator_dev import components
+from llama_operator_dev.api_readiness import wait_for_nodes_ready, wait_for_service_account
+from llama_operator_dev.binaries import ControlPlaneBinaries, find_binaries
+from llama_operator_dev.certs import (
     ADMIN,
     CONTROLLER_MANAGER,
     SCHEDULER,
@@ -45,17 +45,17 @@ from llama_operator.devcluster.certs import (
     generate_cluster_certificates,
     make_client_certificate,
 )
-from llama_operator.devcluster.kubeconfig import write_kubeconfig
-from llama_operator.devcluster.pools import (
+from llama_operator_dev.kubeconfig import write_kubeconfig
+from llama_operator_dev.pools import (
     DEFAULT_POOLS_FILE,
     create_pool_nodes,
     kwok_node_selector,
     load_node_pools,
     pool_node_manifests,
 )
-from llama_operator.devcluster.process_kubelet import ProcessBackedConfig, ProcessKubelet
-from llama_operator.devcluster.processes import HealthEndpoint, ManagedProcess, client_tls_context
-from llama_operator.devcluster.prometheus import Prometheus
+from llama_operator_dev.process_kubelet import ProcessBackedConfig, ProcessKubelet
+from llama_operator_dev.processes import HealthEndpoint, ManagedProcess, client_tls_context
+from llama_operator_dev.prometheus import Prometheus
 
 LOGGER = logging.getLogger(__name__)
 

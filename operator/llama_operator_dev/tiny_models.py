@@ -28,8 +28,8 @@ import gguf
 import numpy as np
 import numpy.typing as npt
 
-from llama_operator.devcluster.binaries import REPOSITORY_ROOT, cache_root, parse_versions_env
-from llama_operator.devcluster.errors import BinariesMissingError
+from llama_operator_dev.binaries import REPOSITORY_ROOT, cache_root, parse_versions_env
+from llama_operator_dev.errors import BinariesMissingError
 
 LLAMA_SERVER_VERSION_FILE = REPOSITORY_ROOT / "hack" / "llama-server-version.env"
 LLAMA_SERVER_BUILD_SCRIPT = "hack/build-llama-server.sh"

@@ -35,10 +35,10 @@ from pathlib import Path
 
 from kubernetes.client import ApiClient
 
-from llama_operator.devcluster.pools import PROCESS_BACKED_LABEL
-from llama_operator.devcluster.process_kubelet_api import API_ERRORS, KubeletApi, Manifest
-from llama_operator.devcluster.process_pod_worker import PodWorker, ProbeRecord, WorkerSettings
-from llama_operator.devcluster.process_pods import LoopbackAllocator, node_lease, node_status_patch
+from llama_operator_dev.pools import PROCESS_BACKED_LABEL
+from llama_operator_dev.process_kubelet_api import API_ERRORS, KubeletApi, Manifest
+from llama_operator_dev.process_pod_worker import PodWorker, ProbeRecord, WorkerSettings
+from llama_operator_dev.process_pods import LoopbackAllocator, node_lease, node_status_patch
 
 LOGGER = logging.getLogger(__name__)
 

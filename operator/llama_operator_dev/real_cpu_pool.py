@@ -1,4 +1,4 @@
-"""`llama-operator dev` with a real CPU pool: the CPU examples run as llama-server processes.
+"""`llama-operator-dev` with a real CPU pool: the CPU examples run as llama-server processes.
 
 When the pinned llama-server is built (``hack/build-llama-server.sh``), ``real_cpu_pool`` writes
 the tiny generated model and returns the process-backed kubelet's config: every GGUF file an
@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from llama_operator.devcluster.pools import PROCESS_BACKED_LABEL
-from llama_operator.devcluster.process_kubelet import ProcessBackedConfig
+from llama_operator_dev.pools import PROCESS_BACKED_LABEL
+from llama_operator_dev.process_kubelet import ProcessBackedConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def example_manifests(examples_dir: Path) -> list[Manifest]:
 
 
 def real_cpu_pool(workdir: Path, examples_dir: Path, say: Callable[[str], None]) -> ProcessBackedConfig | None:
-    """The process-backed pool's config for ``dev``, or None (and a line saying why) when it cannot run."""
+    """The process-backed pool's config for ``llama-operator-dev``, or None (and a line saying why) when it cannot run."""
     try:
-        from llama_operator.devcluster import tiny_models  # noqa: PLC0415 - needs gguf and numpy, optional here
+        from llama_operator_dev import tiny_models  # noqa: PLC0415 - needs gguf and numpy, optional here
     except ImportError as error:
         say(f"CPU examples stay on fake nodes: the tiny model cannot be written ({error})")
         return None

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_operator.devcluster.errors import BinariesMissingError
+from llama_operator_dev.errors import BinariesMissingError
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPOSITORY_ROOT / "hack" / "controlplane-versions.env"
 BUILD_SCRIPT = "hack/build-controlplane.sh"
 

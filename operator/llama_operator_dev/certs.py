@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_operator.devcluster.errors import OpensslError
+from llama_operator_dev.errors import OpensslError
 
 VALIDITY_DAYS = 365
 MINIMUM_OPENSSL_MAJOR = 3  # `openssl req -x509 -CA` (sign in one step) is new in 3.0

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from llama_operator.devcluster.certs import CertificateFiles
+from llama_operator_dev.certs import CertificateFiles
 
 CLUSTER_NAME = "llama-operator-dev"
 

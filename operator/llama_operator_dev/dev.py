@@ -1,4 +1,4 @@
-"""`llama-operator dev`: the local control plane, the operator, the examples, and a live placement table."""
+"""`llama-operator-dev`: the local control plane, the operator, the examples, and a live placement table."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import yaml
 
 from llama_operator.api.crd import build_crd
 from llama_operator.api.spec import GROUP, KIND, VERSION
-from llama_operator.devcluster.controlplane import ControlPlane
-from llama_operator.devcluster.pools import NODE_POOL_LABEL
-from llama_operator.devcluster.prometheus import Prometheus
-from llama_operator.devcluster.real_cpu_pool import on_real_cpu_pool, real_cpu_pool
 from llama_operator.kube import Kube
 from llama_operator.render import LABEL_DEPLOYMENT
+from llama_operator_dev.controlplane import ControlPlane
+from llama_operator_dev.pools import NODE_POOL_LABEL
+from llama_operator_dev.prometheus import Prometheus
+from llama_operator_dev.real_cpu_pool import on_real_cpu_pool, real_cpu_pool
 
 LOGGER = logging.getLogger(__name__)
 DEMO_NAMESPACE = "demo"
@@ -156,7 +156,7 @@ def format_rows(rows: list[Row]) -> str:
 
 
 class _StopRequestedError(Exception):
-    """SIGTERM asks `dev` to tear down like Ctrl-C does."""
+    """SIGTERM asks `llama-operator-dev` to tear down like Ctrl-C does."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
