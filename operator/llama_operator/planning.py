@@ -5,6 +5,7 @@ from __future__ import annotations
 from llama_operator.api.parse import InvalidSpecError
 from llama_operator.api.spec import Architecture, LlamaDeploymentSpec
 from llama_operator.api.status import PerGpuBytes, SizingStatus
+from llama_operator.engines.registry import auto_engine, engine_args
 from llama_operator.sizing.catalog import CATALOG, ModelFacts
 from llama_operator.sizing.fit import SizingDecision, SizingRequest, decide
 from llama_operator.sizing.gpu_classes import Inventory
@@ -43,10 +44,10 @@ def model_facts(spec: LlamaDeploymentSpec, name: str) -> ModelFacts:
 
 
 def resolve_engine(spec: LlamaDeploymentSpec) -> ServingEngine:
-    """auto: llama.cpp for GGUF (and so for CPU-only), vLLM otherwise."""
+    """engine.type, or for auto the registry's pick (llama.cpp for GGUF or CPU-only, vLLM otherwise)."""
     if spec.engine.type != "auto":
         return spec.engine.type
-    return "llamacpp" if spec.model.format == "gguf" or spec.placement.cpu_only else "vllm"
+    return auto_engine(model_format=spec.model.format, cpu_only=spec.placement.cpu_only)
 
 
 def context_length(spec: LlamaDeploymentSpec, facts: ModelFacts) -> int:
@@ -136,7 +137,7 @@ def sizing_status(decision: SizingDecision) -> SizingStatus:
         per_gpu_bytes=per_gpu,
         context_length=work.context_length,
         max_concurrent_sequences=work.max_sequences,
-        engine_args=list(decision.engine_args),
+        engine_args=list(engine_args(decision)),
         reason=decision.reason,
         alternatives=list(decision.alternatives),
         cost_per_replica=chosen.cost if chosen else None,

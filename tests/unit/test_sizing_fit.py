@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from llama_operator.engines.registry import engine_args, engine_sizing_args
 from llama_operator.sizing.catalog import CATALOG, ModelFacts
 from llama_operator.sizing.fit import SizingDecision, SizingRequest, candidates, decide
-from llama_operator.sizing.flags import engine_sizing_args
 from llama_operator.sizing.gpu_classes import DEFAULT_INVENTORY, GIB, GpuClass, Inventory
 from llama_operator.sizing.memory import ServingEngine, Shape, Workload
 from llama_operator.sizing.quantization import GGUF_LADDER, SAFETENSORS_LADDER
@@ -64,7 +64,7 @@ def test_default_inventory_is_l4_l40s_h100_with_8_gpus_per_node_and_a_16_gib_cpu
 def test_70b_awq_does_not_fit_one_24gb_gpu_and_says_what_would() -> None:
     decision = _decide(_request("llama-3.1-70b", "awq", gpu_class="gpu-24gb", gpu_count=1))
     assert not decision.fits
-    assert decision.engine_args == ()
+    assert engine_args(decision) == ()
     assert "does not fit" in decision.reason
     assert "1 x gpu-24gb" in decision.reason
     placement = [a for a in decision.alternatives if a.startswith("placement gpuClass/gpuCount auto")]
@@ -84,7 +84,7 @@ def test_llama4_scout_awq_fits_one_h100_with_8k_context_and_4_sequences() -> Non
     assert decision.chosen.gpu_class.name == "h100-80gb"
     assert decision.chosen.shape == Shape(gpus_per_node=1, nodes=1)
     assert decision.chosen.memory.total <= decision.chosen.memory.budget
-    flags = _flags(decision.engine_args)
+    flags = _flags(engine_args(decision))
     assert flags["--tensor-parallel-size"] == "1"
     assert flags["--max-model-len"] == "8192"
 
@@ -104,7 +104,7 @@ def test_405b_bf16_fits_two_nodes_of_8_h100() -> None:
     assert decision.chosen.gpu_class is not None
     assert decision.chosen.gpu_class.name == "h100-80gb"
     assert decision.chosen.shape == Shape(gpus_per_node=8, nodes=2)
-    flags = _flags(decision.engine_args)
+    flags = _flags(engine_args(decision))
     assert flags["--tensor-parallel-size"] == "8"
     assert flags["--pipeline-parallel-size"] == "2"
 
@@ -231,7 +231,7 @@ def test_class_costs_are_configurable() -> None:
 def test_vllm_flags_pin_context_parallelism_memory_and_sequences() -> None:
     decision = _decide(_request("llama-3.1-70b", "fp8", context=16384, sequences=8))
     assert decision.chosen is not None
-    flags = _flags(decision.engine_args)
+    flags = _flags(engine_args(decision))
     assert flags["--max-model-len"] == "16384"
     assert flags["--tensor-parallel-size"] == str(decision.chosen.shape.gpus_per_node)
     assert decision.chosen.shape.gpus_per_node > 1
@@ -249,7 +249,7 @@ def test_vllm_fp8_kv_cache_flag() -> None:
 def test_tgi_flags_shard_and_bound_tokens() -> None:
     decision = _decide(_request("llama-3.1-70b", "awq", engine="tgi", context=8192, sequences=4))
     assert decision.chosen is not None
-    flags = _flags(decision.engine_args)
+    flags = _flags(engine_args(decision))
     assert flags["--num-shard"] == str(decision.chosen.shape.gpus_per_node)
     assert flags["--max-total-tokens"] == "8192"
     assert int(flags["--max-input-tokens"]) < int(flags["--max-total-tokens"])
@@ -260,7 +260,7 @@ def test_tgi_flags_shard_and_bound_tokens() -> None:
 def test_llamacpp_cpu_flags() -> None:
     decision = _decide(_request("llama-3.2-3b", "q4_k_m", engine="llamacpp", cpu_only=True, context=4096, sequences=3))
     assert decision.fits
-    flags = _flags(decision.engine_args)
+    flags = _flags(engine_args(decision))
     assert flags["--n-gpu-layers"] == "0"
     assert flags["--ctx-size"] == str(4096 * 3)
     assert flags["--parallel"] == "3"
@@ -270,7 +270,7 @@ def test_llamacpp_gpu_flags_offload_every_layer_and_the_output() -> None:
     decision = _decide(_request("llama-3.1-8b", "q4_k_m", engine="llamacpp", context=8192, sequences=4))
     assert decision.chosen is not None
     assert decision.chosen.gpu_class is not None
-    flags = _flags(decision.engine_args)
+    flags = _flags(engine_args(decision))
     assert flags["--n-gpu-layers"] == str(32 + 1)
     assert flags["--ctx-size"] == str(8192 * 4)
     assert flags["--parallel"] == "4"

@@ -14,9 +14,9 @@ from itertools import pairwise
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from llama_operator.engines.registry import engine_args, engine_sizing_args
 from llama_operator.sizing.catalog import CATALOG, ModelFacts
 from llama_operator.sizing.fit import Candidate, SizingRequest, candidates, decide
-from llama_operator.sizing.flags import engine_sizing_args
 from llama_operator.sizing.gpu_classes import DEFAULT_GPU_CLASSES, DEFAULT_INVENTORY
 from llama_operator.sizing.memory import ServingEngine, Shape, Workload, estimate
 from llama_operator.sizing.quantization import QUANTIZATIONS, weight_bytes
@@ -279,12 +279,12 @@ def test_every_fitting_plan_fits_by_the_models_own_arithmetic(request: SizingReq
     assert decision.fits == bool(fitting)
     event("fits" if fitting else "refused")
     if decision.chosen is None:
-        assert decision.engine_args == ()
+        assert engine_args(decision) == ()
         assert decision.reason
         return
     assert decision.chosen.memory.fits
     assert all(decision.chosen.cost <= other.cost for other in fitting)
-    flags = dict(zip(decision.engine_args[::2], decision.engine_args[1::2], strict=True))
+    flags = dict(zip(engine_args(decision)[::2], engine_args(decision)[1::2], strict=True))
     shape, work = decision.chosen.shape, request.work
     if request.engine == "vllm":
         assert flags["--tensor-parallel-size"] == str(shape.gpus_per_node)

@@ -1,19 +1,34 @@
-"""What every engine builder receives and returns."""
+"""What every engine builder receives, and the pinned default images."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from llama_operator.adapters.rollout import loads_at_runtime
 from llama_operator.api.spec import Adapter, LlamaDeploymentSpec
+from llama_operator.engines.engine import (
+    ADAPTER_MOUNT,
+    HTTP_PORT_NAME,
+    MODEL_MOUNT,
+    Engine,
+    EngineContainer,
+    Manifest,
+)
+from llama_operator.engines.registry import engine
 from llama_operator.sizing.fit import SizingDecision
+from llama_operator.sizing.memory import Shape, Workload
 
-Manifest = dict[str, Any]
-
-MODEL_MOUNT = "/models"
-ADAPTER_MOUNT = "/adapters"
-HTTP_PORT_NAME = "http"
+__all__ = [
+    "ADAPTER_MOUNT",
+    "HTTP_PORT_NAME",
+    "LLAMACPP_BUILD",
+    "MODEL_MOUNT",
+    "VLLM_VERSION",
+    "EngineContainer",
+    "EngineImages",
+    "EngineInput",
+    "Manifest",
+    "served_model_name",
+]
 
 
 # The engine releases the tests run, and so the tags of the default images. hack/build-vllm-runtime.sh
@@ -52,9 +67,13 @@ class EngineInput:
     adapters: tuple[Adapter, ...] = ()  # the set the pods serve (during a rollout: the canary's)
 
     @property
+    def engine(self) -> Engine:
+        return engine(self.decision.request.engine)
+
+    @property
     def runtime_adapters(self) -> bool:
         """The engine loads the adapters into running pods: they are not part of the pod template."""
-        return loads_at_runtime(self.decision.request.engine, self.adapters)
+        return self.engine.loads_at_runtime(self.adapters)
 
     @property
     def pod_adapters(self) -> tuple[Adapter, ...]:
@@ -66,6 +85,18 @@ class EngineInput:
         return served_model_name(self.spec, self.name)
 
     @property
+    def work(self) -> Workload:
+        return self.decision.request.work
+
+    @property
+    def shape(self) -> Shape:
+        """The chosen placement's shape (0 GPUs for a CPU plan)."""
+        chosen = self.decision.chosen
+        if chosen is None:
+            raise ValueError(f"{self.name}: no fitting placement to render")
+        return chosen.shape
+
+    @property
     def gpus_per_pod(self) -> int:
         chosen = self.decision.chosen
         return chosen.shape.gpus_per_node if chosen else 0
@@ -74,17 +105,3 @@ class EngineInput:
     def nodes(self) -> int:
         chosen = self.decision.chosen
         return chosen.shape.nodes if chosen else 1
-
-
-@dataclass(frozen=True)
-class EngineContainer:
-    """An engine's part of the pod: its container and the facts the rest of the rendering needs."""
-
-    container: Manifest
-    port: int
-    metrics_port: int
-    metrics_path: str
-    queue_metric: str
-    running_metric: str
-    volumes: list[Manifest] = field(default_factory=list)
-    init_containers: list[Manifest] = field(default_factory=list)

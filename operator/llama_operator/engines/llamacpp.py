@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
-from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
+from typing import TYPE_CHECKING
+
+from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
     model_path,
 )
+from llama_operator.sizing.memory import LLAMACPP_UBATCH, Shape, Workload
+
+if TYPE_CHECKING:  # base.py asks the registry, which imports this module
+    from llama_operator.engines.base import EngineInput
 
 PORT = 8080
 QUEUE_METRIC = "llamacpp:requests_deferred"
 RUNNING_METRIC = "llamacpp:requests_processing"
 SERVER_BINARY = "/app/llama-server"
+
+
+def llamacpp_http_threads(parallel: int) -> int:
+    return min(256, max(4 * parallel, parallel + 8))
+
+
+def sizing_args(work: Workload, shape: Shape) -> tuple[str, ...]:
+    """Offload, slots and the KV cache over all of them, as the sizing planned them."""
+    gpu_layers = work.model.layers + 1 if shape.gpus else 0  # + 1: the output layer
+    args = [
+        "--n-gpu-layers", str(gpu_layers),
+        "--ctx-size", str(work.tokens),  # total over all slots
+        "--parallel", str(work.max_sequences),
+        "--ubatch-size", str(LLAMACPP_UBATCH),
+        "--cache-type-k", "f16",
+        "--cache-type-v", "f16",
+        # Waiting requests hold an HTTP thread each: leave room for queued requests, /health and /metrics.
+        "--threads-http", str(llamacpp_http_threads(work.max_sequences)),
+    ]  # fmt: skip
+    if shape.gpus > 1:
+        args += ["--split-mode", "layer"]
+    return tuple(args)
 
 
 def image(inp: EngineInput) -> str:
@@ -28,7 +56,7 @@ def server_args(inp: EngineInput) -> list[str]:
         "--host", "0.0.0.0",  # noqa: S104 - the pod's own address; the Service fronts it
         "--port", str(PORT),
         "--metrics",
-        *inp.decision.engine_args,
+        *sizing_args(inp.work, inp.shape),
     ]  # fmt: skip
     # Adapter ids follow this order (sorted by name); none applies unless a request asks for it.
     for adapter in sorted(inp.adapters, key=lambda a: a.name):
@@ -48,6 +76,22 @@ def render_llamacpp_container(inp: EngineInput) -> EngineContainer:
         args=server_args(inp),
         engine_env={},
         ports=[{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-        queue_metric=QUEUE_METRIC,
-        running_metric=RUNNING_METRIC,
     )
+
+
+ENGINE = Engine(
+    name="llamacpp",
+    sizing_args=sizing_args,
+    container=render_llamacpp_container,
+    image=image,
+    model_format="gguf",
+    runs_on_cpu=True,
+    spans_nodes=False,
+    picked_by_auto=True,
+    queue_metric=QUEUE_METRIC,
+    running_metric=RUNNING_METRIC,
+    default_queue_target=1.0,
+    # Adapters load at start-up (--lora); a request selects one by its id in the sorted names.
+    smoke_style="lora-ids",
+    supports_runtime_lora=False,
+)

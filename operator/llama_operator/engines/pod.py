@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+from typing import TYPE_CHECKING
 
-from llama_operator.engines.base import (
-    ADAPTER_MOUNT,
-    HTTP_PORT_NAME,
-    MODEL_MOUNT,
-    EngineContainer,
-    EngineInput,
-    Manifest,
-)
+from llama_operator.engines.engine import ADAPTER_MOUNT, HTTP_PORT_NAME, MODEL_MOUNT, EngineContainer, Manifest
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, MIB
+
+if TYPE_CHECKING:  # base.py asks the registry, which imports the engine modules, which import this one
+    from llama_operator.engines.base import EngineInput
 
 HEALTH_PATH = "/health"
 # Model loads take minutes (download + load + CUDA graph capture): allow 30 minutes before a restart.
@@ -195,11 +192,9 @@ def engine_container(
     args: list[str],
     engine_env: dict[str, str],
     ports: list[Manifest],
-    queue_metric: str,
-    running_metric: str,
 ) -> EngineContainer:
     """What every builder shares: probes, drain, resources, volumes, the model download and metrics on
-    the API port; the engine gives its own image, command, args, env, ports and queue metrics."""
+    the API port; the engine gives its own image, command, args, env and ports."""
     container = {
         "name": "engine",
         "image": image,
@@ -220,8 +215,6 @@ def engine_container(
         port=port,
         metrics_port=port,
         metrics_path="/metrics",
-        queue_metric=queue_metric,
-        running_metric=running_metric,
         volumes=model_volumes(inp),
         init_containers=model_init_containers(inp, image),
     )

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
+from typing import TYPE_CHECKING
+
+from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
     model_path,
 )
+from llama_operator.sizing.memory import Shape, Workload, tgi_max_input_tokens
+
+if TYPE_CHECKING:  # base.py asks the registry, which imports this module
+    from llama_operator.engines.base import EngineInput
 
 PORT = 8080
 # The launcher also binds a Prometheus port (default 9000) and fails if it is taken: render it apart.
@@ -25,6 +31,18 @@ QUANTIZE_FLAGS = {
 }
 
 
+def sizing_args(work: Workload, shape: Shape) -> tuple[str, ...]:
+    """Shards and token bounds: TGI fills what is free with KV, so the totals bound what it admits."""
+    max_input = tgi_max_input_tokens(work.context_length)
+    return (
+        "--num-shard", str(shape.gpus_per_node),
+        "--max-input-tokens", str(max_input),
+        "--max-total-tokens", str(work.context_length),
+        "--max-batch-prefill-tokens", str(max_input),
+        "--max-batch-total-tokens", str(work.tokens),
+    )  # fmt: skip
+
+
 def image(inp: EngineInput) -> str:
     return inp.spec.engine.image or inp.images.tgi
 
@@ -36,7 +54,7 @@ def launcher_args(inp: EngineInput) -> list[str]:
         "--port", str(PORT),
         "--prometheus-port", str(PROMETHEUS_PORT),
         *QUANTIZE_FLAGS.get(inp.spec.model.quantization, []),
-        *inp.decision.engine_args,
+        *sizing_args(inp.work, inp.shape),
     ]  # fmt: skip
     return args + list(inp.spec.engine.extra_args)
 
@@ -55,6 +73,22 @@ def render_tgi_container(inp: EngineInput) -> EngineContainer:
             {"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
             {"name": "prometheus", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"},
         ],
-        queue_metric=QUEUE_METRIC,
-        running_metric=RUNNING_METRIC,
     )
+
+
+ENGINE = Engine(
+    name="tgi",
+    sizing_args=sizing_args,
+    container=render_tgi_container,
+    image=image,
+    model_format="safetensors",
+    runs_on_cpu=False,
+    spans_nodes=False,
+    picked_by_auto=False,  # only when asked
+    queue_metric=QUEUE_METRIC,
+    running_metric=RUNNING_METRIC,
+    default_queue_target=2.0,
+    # An unknown adapter id silently runs the base model: the reply must differ from the base model's.
+    smoke_style="model-name-verify-differs",
+    supports_runtime_lora=False,  # LORA_ADAPTERS at start-up only
+)

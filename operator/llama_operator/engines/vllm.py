@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineInput
+from typing import TYPE_CHECKING
+
+from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
     model_path,
 )
+from llama_operator.sizing.memory import (
+    VLLM_GPU_MEMORY_UTILIZATION,
+    VLLM_MAX_BATCHED_TOKENS,
+    Shape,
+    Workload,
+    vllm_lora_rank,
+    vllm_lora_slots,
+)
+
+if TYPE_CHECKING:  # base.py asks the registry, which imports this module
+    from llama_operator.engines.base import EngineInput
 
 PORT = 8000
 QUEUE_METRIC = "vllm:num_requests_waiting"
@@ -17,6 +30,23 @@ DTYPE_FLAGS = {"none": ["--dtype", "auto"], "bf16": ["--dtype", "bfloat16"], "fp
 # fp8 on a bf16 checkpoint quantizes at load; int8/int4/awq/gptq checkpoints declare their method and
 # vLLM picks the fastest kernel for it (forcing `awq` would disable the Marlin kernels).
 QUANTIZATION_FLAGS = {"fp8": ["--quantization", "fp8"]}
+
+
+def sizing_args(work: Workload, shape: Shape) -> tuple[str, ...]:
+    """Parallelism, context, sequences, batch and memory share exactly as the sizing planned them."""
+    args = [
+        "--tensor-parallel-size", str(shape.gpus_per_node),
+        "--pipeline-parallel-size", str(shape.nodes),
+        "--max-model-len", str(work.context_length),
+        "--max-num-seqs", str(work.max_sequences),
+        "--max-num-batched-tokens", str(max(VLLM_MAX_BATCHED_TOKENS, work.max_sequences)),
+        "--gpu-memory-utilization", f"{VLLM_GPU_MEMORY_UTILIZATION:.2f}",
+        "--kv-cache-dtype", "fp8" if work.kv_dtype_bytes == 1 else "auto",
+    ]  # fmt: skip
+    if work.adapters:
+        args += ["--max-loras", str(vllm_lora_slots(work.adapters)),
+                 "--max-lora-rank", str(vllm_lora_rank(work.max_adapter_rank))]  # fmt: skip
+    return tuple(args)
 
 
 def image(inp: EngineInput) -> str:
@@ -33,7 +63,7 @@ def serve_args(inp: EngineInput) -> list[str]:
         "--port", str(PORT),
         *DTYPE_FLAGS.get(quantization, []),
         *QUANTIZATION_FLAGS.get(quantization, []),
-        *inp.decision.engine_args,
+        *sizing_args(inp.work, inp.shape),
     ]  # fmt: skip
     if inp.adapters:
         args += ["--enable-lora"]
@@ -41,7 +71,7 @@ def serve_args(inp: EngineInput) -> list[str]:
         # One flag, every adapter after it: vLLM keeps only the last of repeated --lora-modules.
         args += ["--lora-modules", *(f"{a.name}={adapter_path(inp, a.name, a.version)}" for a in inp.pod_adapters)]
     if spec.serving.tool_calling:
-        family = inp.decision.request.work.model.family
+        family = inp.work.model.family
         args += ["--enable-auto-tool-choice", "--tool-call-parser", TOOL_PARSERS.get(family, "llama3_json")]
     if inp.nodes > 1:
         args += ["--distributed-executor-backend", "ray"]
@@ -59,6 +89,23 @@ def render_vllm_container(inp: EngineInput) -> EngineContainer:
         args=serve_args(inp),
         engine_env=engine_env,
         ports=[{"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-        queue_metric=QUEUE_METRIC,
-        running_metric=RUNNING_METRIC,
     )
+
+
+ENGINE = Engine(
+    name="vllm",
+    sizing_args=sizing_args,
+    container=render_vllm_container,
+    image=image,
+    model_format="safetensors",
+    runs_on_cpu=False,
+    spans_nodes=True,  # Ray over a LeaderWorkerSet, pipeline stages across nodes
+    picked_by_auto=True,
+    queue_metric=QUEUE_METRIC,
+    running_metric=RUNNING_METRIC,
+    default_queue_target=2.0,
+    smoke_style="model-name",  # an unknown adapter name is a 404
+    # POST /v1/load_lora_adapter with a hub id: vLLM downloads it; other sources need the pod's init containers.
+    supports_runtime_lora=True,
+    runtime_lora_sources=("hf://",),
+)

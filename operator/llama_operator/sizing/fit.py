@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from llama_operator.sizing.flags import engine_sizing_args
 from llama_operator.sizing.gpu_classes import GIB, GpuClass, Inventory
 from llama_operator.sizing.memory import (
     CPU_USABLE_FRACTION,
@@ -63,7 +62,6 @@ class Candidate:
 class SizingDecision:
     request: SizingRequest
     chosen: Candidate | None
-    engine_args: tuple[str, ...]
     reason: str
     alternatives: tuple[str, ...]
     closest: Candidate | None = None  # for a refusal: the largest placement tried
@@ -205,7 +203,6 @@ def decide(request: SizingRequest, inventory: Inventory) -> SizingDecision:
         return SizingDecision(
             request=request,
             chosen=None,
-            engine_args=(),
             reason=_refusal_reason(request, inventory, largest),
             alternatives=tuple(_what_would_fit(request, inventory)),
             closest=largest,
@@ -216,7 +213,6 @@ def decide(request: SizingRequest, inventory: Inventory) -> SizingDecision:
     return SizingDecision(
         request=request,
         chosen=chosen,
-        engine_args=engine_sizing_args(request.engine, request.work, chosen.shape),
         reason=reason,
         alternatives=others,
     )
