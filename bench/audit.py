@@ -16,6 +16,9 @@ from pathlib import Path
 
 READ_VERBS = frozenset({"get", "list"})
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+# Reviews are `create` requests the apiserver answers without storing anything: questions, counted as reads.
+REVIEW_RESOURCES = frozenset({"selfsubjectaccessreviews", "subjectaccessreviews", "selfsubjectrulesreviews",
+                              "tokenreviews", "localsubjectaccessreviews"})  # fmt: skip
 OPERATOR_USER_AGENT_PREFIXES = ("kopf/", "llama-operator/")
 HTTP_TOO_MANY_REQUESTS = 429
 
@@ -38,11 +41,11 @@ class AuditRequest:
 
     @property
     def is_write(self) -> bool:
-        return self.verb in WRITE_VERBS
+        return self.verb in WRITE_VERBS and self.resource not in REVIEW_RESOURCES
 
     @property
     def is_read(self) -> bool:
-        return self.verb in READ_VERBS
+        return self.verb in READ_VERBS or (self.verb == "create" and self.resource in REVIEW_RESOURCES)
 
 
 def audit_log_files(path: Path) -> list[Path]:
