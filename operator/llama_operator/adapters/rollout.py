@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from llama_operator.api.spec import Adapter, AdapterRolloutPolicy, canary_size
+from llama_operator.engines.registry import engine as engine_named
 
 GATE_CONDITION = "llamaops.io/adapters-verified"
 ADAPTERS_ANNOTATION = "llamaops.io/adapters"
@@ -27,9 +28,9 @@ GateStatus = Literal["True", "False", "Unknown"]
 
 
 def loads_at_runtime(engine: str, adapters: Sequence[Adapter]) -> bool:
-    """vLLM loads hub adapters into running pods (POST /v1/load_lora_adapter): no restart, pod by pod.
-    Other engines, and adapters from s3/https/pvc, roll out by surging pods that start with the new set."""
-    return engine == "vllm" and bool(adapters) and all(a.source.startswith("hf://") for a in adapters)
+    """Whether the set loads into running pods (no restart, pod by pod: today vLLM with hub adapters) or
+    rolls out by surging pods that start with it; the engine's registry entry says which."""
+    return engine_named(engine).loads_at_runtime(adapters)
 
 
 def adapter_key(adapters: Sequence[Adapter]) -> str:

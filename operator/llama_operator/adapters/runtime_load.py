@@ -17,11 +17,15 @@ from dataclasses import dataclass
 import httpx
 
 from llama_operator.api.spec import Adapter
+from llama_operator.engines.registry import engine
 
 DRAIN_TIMEOUT_SECONDS = 60.0
 ENDPOINT_PROPAGATION_SECONDS = 1.0  # endpoints drop a pod that turns unready within about a second
 POLL_SECONDS = 0.25
-IN_FLIGHT = re.compile(r"^vllm:num_requests_(running|waiting)(\{[^}]*\})?\s+([0-9.eE+-]+)", re.MULTILINE)
+# The API above is vLLM's; a pod is drained when its running and waiting gauges are both 0.
+_VLLM = engine("vllm")
+_IN_FLIGHT_NAMES = "|".join(re.escape(m) for m in (_VLLM.running_metric, _VLLM.queue_metric))
+IN_FLIGHT = re.compile(rf"^(?:{_IN_FLIGHT_NAMES})(?:\{{[^}}]*\}})?\s+([0-9.eE+-]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ def lora_path(adapter: Adapter) -> str:
 
 async def in_flight(http: httpx.AsyncClient, url: str) -> float:
     response = await http.get(f"{url}/metrics", timeout=5)
-    return sum(float(m.group(3)) for m in IN_FLIGHT.finditer(response.text))
+    return sum(float(m.group(1)) for m in IN_FLIGHT.finditer(response.text))
 
 
 async def drain(http: httpx.AsyncClient, url: str) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from llama_operator.api.spec import Adapter, SmokeRequest
+from llama_operator.engines.registry import engine as engine_named
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ async def _ask(http: httpx.AsyncClient, url: str, body: dict[str, Any], smoke: S
     return SmokeResult(True, f"{label}: {text[:80]!r}", text)
 
 
-async def smoke_llamacpp(
+async def smoke_by_lora_ids(
     http: httpx.AsyncClient, url: str, served_name: str, adapters: Sequence[Adapter], smoke: SmokeRequest
 ) -> SmokeResult:
     """llama-server: adapter ids follow the sorted names; every other id runs at scale 0."""
@@ -84,8 +85,8 @@ async def smoke_by_model_name(
     *,
     verify_applied: bool,
 ) -> SmokeResult:
-    """vLLM and TGI: the adapter is the request's `model`. TGI serves the base model for an unknown
-    adapter id without an error, so there the reply must also differ from the base model's."""
+    """vLLM and TGI: the adapter is the request's `model`. `verify_applied` (TGI, which serves the base
+    model for an unknown adapter id without an error): the reply must also differ from the base model's."""
     base_text = None
     if verify_applied:
         base = await _ask(http, url, _chat_body(smoke, served_name), smoke, "base model")
@@ -115,8 +116,11 @@ async def smoke_test(
     adapters: Sequence[Adapter],
     smoke: SmokeRequest,
 ) -> SmokeResult:
+    """One request per adapter, selected the way the engine's registry entry says (`smoke_style`)."""
     if not adapters:
         return SmokeResult(True, "no adapters")
-    if engine == "llamacpp":
-        return await smoke_llamacpp(http, url, served_name, adapters, smoke)
-    return await smoke_by_model_name(http, url, served_name, adapters, smoke, verify_applied=engine == "tgi")
+    style = engine_named(engine).smoke_style
+    if style == "lora-ids":
+        return await smoke_by_lora_ids(http, url, served_name, adapters, smoke)
+    verify = style == "model-name-verify-differs"
+    return await smoke_by_model_name(http, url, served_name, adapters, smoke, verify_applied=verify)

@@ -10,19 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from llama_operator.engines.registry import engine as engine_named
+
 MetricKind = Literal["queue", "inFlight"]
 DEPLOYMENT_LABEL = "llamaops_io_deployment"
 NAMESPACE_LABEL = "namespace"
 POD_LABEL = "pod"
 
-# (waiting, running) gauges of each engine, from their own /metrics.
-ENGINE_METRICS: dict[str, dict[MetricKind, str]] = {
-    "vllm": {"queue": "vllm:num_requests_waiting", "inFlight": "vllm:num_requests_running"},
-    "tgi": {"queue": "tgi_queue_size", "inFlight": "tgi_batch_current_size"},
-    "llamacpp": {"queue": "llamacpp:requests_deferred", "inFlight": "llamacpp:requests_processing"},
-}
-# Waiting requests per replica worth a new replica; in-flight targets follow maxConcurrentSequences.
-DEFAULT_QUEUE_TARGET = {"vllm": 2.0, "tgi": 2.0, "llamacpp": 1.0}
+# In-flight targets follow maxConcurrentSequences; queue targets are the engine's (its registry entry).
 IN_FLIGHT_TARGET_SHARE = 0.8
 
 
@@ -37,8 +32,14 @@ def _selector(namespace: str, name: str) -> str:
     return f'{{{NAMESPACE_LABEL}="{namespace}",{DEPLOYMENT_LABEL}="{name}"}}'
 
 
+def engine_metric(engine: str, kind: MetricKind) -> str:
+    """The engine's gauge for `kind`, from its own /metrics: requests waiting (queue) or running (inFlight)."""
+    entry = engine_named(engine)
+    return entry.queue_metric if kind == "queue" else entry.running_metric
+
+
 def engine_queries(engine: str, kind: MetricKind, namespace: str, name: str) -> MetricQueries:
-    metric = ENGINE_METRICS[engine][kind] + _selector(namespace, name)
+    metric = engine_metric(engine, kind) + _selector(namespace, name)
     return MetricQueries(
         values=f"sum by ({POD_LABEL}) ({metric})",
         timestamps=f"max by ({POD_LABEL}) (timestamp({metric}))",
@@ -54,4 +55,4 @@ def custom_queries(query: str) -> MetricQueries:
 def default_target(engine: str, kind: MetricKind, max_concurrent_sequences: int) -> float:
     if kind == "inFlight":
         return max(1.0, IN_FLIGHT_TARGET_SHARE * max_concurrent_sequences)
-    return DEFAULT_QUEUE_TARGET[engine]
+    return engine_named(engine).default_queue_target
