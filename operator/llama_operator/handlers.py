@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import kopf
 
-from llama_operator.adapters.drive import FAKE_NODE_ANNOTATION
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
 from llama_operator.api.status import LlamaDeploymentStatus
@@ -79,12 +78,11 @@ def llama_owners(body: kopf.Body, **_: Any) -> dict[OwnerKey, dict[str, Any]]:
 
 
 @kopf.index("", "v1", "nodes", id="llama_nodes")
-def llama_nodes(body: kopf.Body, **_: Any) -> dict[None, tuple[NodeFacts, bool]]:
+def llama_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeFacts]:
     facts = node_facts_from_manifest(body)
     labels = {k: v for k, v in facts.labels.items() if k.startswith(NODE_LABEL_PREFIXES)}
-    fake = FAKE_NODE_ANNOTATION in body.metadata.annotations
-    return {None: (NodeFacts(facts.name, labels, facts.allocatable_gpus, facts.allocatable_memory_bytes,
-                             facts.unreadable), fake)}  # fmt: skip
+    return {None: NodeFacts(facts.name, labels, facts.allocatable_gpus, facts.allocatable_memory_bytes,
+                            facts.unreadable)}  # fmt: skip
 
 
 @kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="llama_crds")
@@ -137,8 +135,8 @@ def _reader(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any], owner: k
             pods=sorted(_values(indexes.get("llama_pods"), key), key=lambda p: str(p["metadata"]["name"])),
             crds=frozenset(_values(indexes.get("llama_crds"), None)),
         )
-        inventory = runner.inventory.get(runner.ctx, [facts for facts, _ in nodes])
-        return PassInput(found, view, inventory, {facts.name for facts, fake in nodes if fake})
+        inventory = runner.inventory.get(runner.ctx, nodes)
+        return PassInput(found, view, inventory)
 
     return read
 
@@ -249,7 +247,7 @@ async def inventory_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any)
     runner = _runner(memo)
     before = runner.inventory.current
     nodes = _values(kwargs.get("llama_nodes"), None)
-    after = runner.inventory.get(runner.ctx, [facts for facts, _ in nodes])
+    after = runner.inventory.get(runner.ctx, nodes)
     if before is not None and after != before:
         logger.info("GPU inventory changed: %s", ", ".join(after.class_names))
         await _all_owners(memo, logger, "nodes", kwargs)

@@ -62,7 +62,6 @@ class PassInput:
     owner: Mapping[str, Any]  # slim LlamaDeployment (metadata, spec, status)
     view: ObjectView
     inventory: Inventory
-    fake_nodes: set[str]
 
 
 @dataclass
@@ -139,7 +138,7 @@ class PassRunner:
         status: LlamaDeploymentStatus = parse_status(current)
         with RECONCILE_SECONDS.time():
             outcome = await reconcile(self.ctx, ref, found.owner.get("spec") or {}, status, view=found.view,
-                                      inventory=found.inventory, fake_nodes=found.fake_nodes)  # fmt: skip
+                                      inventory=found.inventory)  # fmt: skip
         new_status = status_patch(outcome)
         if changed(current, new_status):
             await self.write_status(key, new_status, "reconcile")

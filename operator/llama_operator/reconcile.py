@@ -117,7 +117,7 @@ def _workload_kind(decision: SizingDecision | None) -> tuple[str, str]:
 
 async def _rollout(
     ctx: OperatorContext, ref: ObjectRef, spec: LlamaDeploymentSpec, decision: SizingDecision, *,
-    status: LlamaDeploymentStatus, view: ObjectView, fake_nodes: set[str],
+    status: LlamaDeploymentStatus, view: ObjectView,
 ) -> RolloutResult:  # fmt: skip
     return await drive_rollout(
         RolloutIO(ctx.kube, ctx.http, ctx.checks),
@@ -127,7 +127,6 @@ async def _rollout(
         served_name=served_model_name(spec, ref.name),
         state=state_from_status(status),
         pods=view.pods,
-        fake_nodes=fake_nodes,
         prometheus_url=ctx.config.prometheus_url,
         now=time.time(),
     )
@@ -170,7 +169,6 @@ async def reconcile(
     *,
     view: ObjectView,
     inventory: Inventory,
-    fake_nodes: set[str],
 ) -> Outcome:
     """One level-triggered pass over one LlamaDeployment."""
     now = utc_now()
@@ -184,7 +182,7 @@ async def reconcile(
     SIZING_DECISIONS.labels(decision.request.engine, str(decision.fits).lower()).inc()
     rollout = None
     if decision.fits and has_adapters(spec, status):
-        rollout = await _rollout(ctx, ref, spec, decision, status=status, view=view, fake_nodes=fake_nodes)
+        rollout = await _rollout(ctx, ref, spec, decision, status=status, view=view)
     applied: list[str] = []
     apply_error = None
     if decision.fits:

@@ -6,6 +6,9 @@ returns when every node is Ready. The work dir keeps the certificates (``pki/``)
 component (``logs/``) and the admin ``kubeconfig``; etcd's data lives on tmpfs when there is
 one. ``stop()`` (or leaving the ``with`` block) ends every process.
 
+KWOK runs no container, so the harness also sets the operator's adapter readiness gates on the
+pods KWOK runs (``fake_pod_gates.py``): the operator itself never knows a node is fake.
+
 Two optional components: ``process_backed`` runs the pods of the process-backed pool as real
 local processes (``process_kubelet.py``; KWOK then leaves those nodes alone), and
 ``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``).
@@ -45,6 +48,7 @@ from llama_operator_dev.certs import (
     generate_cluster_certificates,
     make_client_certificate,
 )
+from llama_operator_dev.fake_pod_gates import FakePodGates
 from llama_operator_dev.kubeconfig import write_kubeconfig
 from llama_operator_dev.pools import (
     DEFAULT_POOLS_FILE,
@@ -95,6 +99,7 @@ class ControlPlane:
         self._started_at = 0.0
         self.process_backed = process_backed
         self.process_kubelet: ProcessKubelet | None = None
+        self.fake_pod_gates: FakePodGates | None = None
         self._prometheus_enabled = prometheus
         self._prometheus_scrape_interval_seconds = prometheus_scrape_interval_seconds
         self.prometheus: Prometheus | None = None
@@ -118,7 +123,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop the components in reverse order (SIGTERM, then SIGKILL) and drop etcd's data."""
-        for optional in (self.prometheus, self.process_kubelet):
+        for optional in (self.prometheus, self.process_kubelet, self.fake_pod_gates):
             if optional is not None:
                 optional.stop()
         for name in reversed(COMPONENTS):
@@ -205,6 +210,8 @@ class ControlPlane:
             self.node_names = create_pool_nodes(api_client, pool_node_manifests(pools))
             LOGGER.info("[%5.1fs] registered %d pool nodes", self._elapsed(), len(self.node_names))
             self._start_kwok(binaries)
+            self.fake_pod_gates = FakePodGates(self.new_api_client, self._kwok_node_selector())
+            self.fake_pod_gates.start()
             if self.process_backed is not None:
                 self.process_kubelet = ProcessKubelet(self.new_api_client, self.process_backed, self.workdir / "pods")
                 self.process_kubelet.start()
@@ -299,10 +306,13 @@ class ControlPlane:
         )
         self._launch("kube-scheduler", command, self._admin_probe(self.ports.scheduler, "/healthz"))
 
+    def _kwok_node_selector(self) -> str:
+        """The nodes KWOK plays: all pool nodes but those the process-backed kubelet plays."""
+        return kwok_node_selector(self.process_backed.node_labels if self.process_backed is not None else None)
+
     def _start_kwok(self, binaries: ControlPlaneBinaries) -> None:
-        excluded = self.process_backed.node_labels if self.process_backed is not None else None
         command = components.kwok_command(
-            binaries.path("kwok"), self.kubeconfig_path, KWOK_STAGES_FILE, self.ports, kwok_node_selector(excluded)
+            binaries.path("kwok"), self.kubeconfig_path, KWOK_STAGES_FILE, self.ports, self._kwok_node_selector()
         )
         # KWOK also loads $KWOK_WORKDIR/kwok.yaml (default ~/.kwok); keep a user's file out of it.
         environment = {**os.environ, "KWOK_WORKDIR": str(self.workdir / "kwok")}

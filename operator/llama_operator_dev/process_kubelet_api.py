@@ -107,8 +107,13 @@ class KubeletApi:
 
     def watch_pods_on(self, node_name: str, timeout_seconds: int) -> Iterator[Manifest]:
         """Watch events of the pods bound to one node; ends after ``timeout_seconds`` (server side)."""
+        return self.watch_pods(f"spec.nodeName={node_name}", timeout_seconds)
+
+    def watch_pods(self, field_selector: str, timeout_seconds: int) -> Iterator[Manifest]:
+        """Watch events of the pods ``field_selector`` selects, in every namespace; starts with an ADDED
+        event per pod selected now and ends after ``timeout_seconds`` (server side)."""
         query = [
-            ("fieldSelector", f"spec.nodeName={node_name}"),
+            ("fieldSelector", field_selector),
             ("watch", "true"),
             ("timeoutSeconds", str(timeout_seconds)),
         ]
@@ -140,6 +145,15 @@ class KubeletApi:
             shutdown = getattr(stream, "shutdown", None)  # urllib3 >= 2.3
             if shutdown is not None:
                 shutdown()
+
+    def read(self, path: str) -> Manifest | None:
+        """Any object by its API path (``/apis/GROUP/VERSION/namespaces/NS/PLURAL/NAME``); None when it is gone."""
+        try:
+            return self._call("GET", path)
+        except ApiException as error:
+            if error.status == HTTP_NOT_FOUND:
+                return None
+            raise
 
     def patch_pod_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/status"

@@ -116,7 +116,7 @@ def reader(api: FakeApi, pods: list[Manifest] | None = None) -> Any:
             pods=[slim_pod(p) for p in pods or []],
             crds=frozenset(),
         )
-        return PassInput(slim_owner(api.owner()), view, DEFAULT_INVENTORY, set())
+        return PassInput(slim_owner(api.owner()), view, DEFAULT_INVENTORY)
 
     return read
 

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,7 +40,6 @@ from llama_operator.status_report import container_problem
 
 Manifest = dict[str, Any]
 logger = logging.getLogger(__name__)
-FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # KWOK's fake nodes run no containers: nothing to smoke-test
 
 
 def state_from_status(status: LlamaDeploymentStatus) -> RolloutState:
@@ -74,10 +73,6 @@ def status_from_state(state: RolloutState) -> AdapterRolloutStatus:
         canary_verified_time=rfc3339(state.canary_verified_time) if state.canary_verified_time is not None else None,
         message=state.message,
     )
-
-
-def fake_node_names(nodes: Iterable[Manifest]) -> set[str]:
-    return {n["metadata"]["name"] for n in nodes if FAKE_NODE_ANNOTATION in (n["metadata"].get("annotations") or {})}
 
 
 def _condition(pod: Manifest, type_: str) -> Manifest | None:
@@ -233,7 +228,6 @@ async def drive_rollout(
     served_name: str,
     state: RolloutState,
     pods: Sequence[Manifest],
-    fake_nodes: set[str],
     prometheus_url: str | None,
     now: float,
 ) -> RolloutResult:
@@ -269,11 +263,6 @@ async def drive_rollout(
         if not isinstance(action, LoadAdapters | SmokeTest) or action.pod not in by_name:
             continue
         pod = by_name[action.pod]
-        if pod["spec"].get("nodeName") in fake_nodes:
-            verdict = _gate(passed=True, message="fake node: nothing serves, not smoke-tested", now=now)
-            loaded = [_loaded(step.state.serving_key, now)] if isinstance(action, LoadAdapters) else []
-            await _set(io.kube, namespace, action.pod, *loaded, verdict)
-            continue
         if _pod_url(pod) is None:
             continue
         if isinstance(action, LoadAdapters):
