@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -38,6 +39,7 @@ from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator.sizing.gpu_classes import NodeFacts, node_facts_from_manifest
 
 DEFAULT_EVALUATION_SECONDS = 15.0
+API_CALLS_IN_FLIGHT = 16
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
 WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
 NODE_LABEL_PREFIXES = ("nvidia.com/", "llamaops.io/")  # what sizing reads; other label churn is ignored
@@ -54,6 +56,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.execution.default_backoff = 5  # a retry after an API hiccup should not wait a minute
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30  # kopf's own PATCHes: no call may hang a handler
+    # Our API calls run in threads (the client is synchronous): enough of them that a thousand objects
+    # converging are bound by the apiserver, not by a queue in front of six threads.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=API_CALLS_IN_FLIGHT, thread_name_prefix="api")
+    )
     if "runner" not in memo:
         context = memo.get("context") or OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())
         memo["runner"] = PassRunner(context)

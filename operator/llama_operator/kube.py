@@ -18,6 +18,7 @@ FIELD_MANAGER = "llama-operator"
 USER_AGENT = "llama-operator/0.1.0"  # how the apiserver's audit log tells our requests apart
 # (connect, read) seconds: no call may hang a pass; a watch is kopf's, not ours.
 REQUEST_TIMEOUT_SECONDS = (5.0, 30.0)
+CONNECTIONS = 16
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 
@@ -106,6 +107,7 @@ class Kube:
             config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         configuration = client.Configuration.get_default_copy()
         configuration.retries = 1  # fail fast: the pass is retried, not the request
+        configuration.connection_pool_maxsize = CONNECTIONS  # one per API thread: no call waits for a socket
         return cls(client.ApiClient(configuration))
 
     def _call(

@@ -24,6 +24,7 @@ from llama_operator.sizing.gpu_classes import Inventory, NodeFacts, inventory_fr
 
 Manifest = dict[str, Any]
 logger = logging.getLogger(__name__)
+PASSES_IN_FLIGHT = 16
 
 
 def slim_owner(body: Mapping[str, Any]) -> Manifest:
@@ -72,6 +73,9 @@ class PassRunner:
     _locks: weakref.WeakValueDictionary[OwnerKey, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
     _queued: set[OwnerKey] = field(default_factory=set)
     _written: dict[OwnerKey, tuple[int, Manifest]] = field(default_factory=dict)  # our last status write
+    # Passes in flight at once, over all objects: a thousand new objects finish a few at a time (their
+    # status turns Ready early) instead of all advancing together, and their renders do not all sit in memory.
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PASSES_IN_FLIGHT))
     inventory: InventoryCache = field(default_factory=InventoryCache)
 
     def lock(self, key: OwnerKey) -> asyncio.Lock:
@@ -126,6 +130,12 @@ class PassRunner:
             return await self._pass(key, read, trigger)
 
     async def _pass(
+        self, key: OwnerKey, read: Callable[[], PassInput | None], trigger: str
+    ) -> tuple[Outcome, Manifest] | None:
+        async with self._slots:
+            return await self._bounded_pass(key, read, trigger)
+
+    async def _bounded_pass(
         self, key: OwnerKey, read: Callable[[], PassInput | None], trigger: str
     ) -> tuple[Outcome, Manifest] | None:
         found = read()
