@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as kube_client
+from tests.integration.cluster_setup import create_namespace
 from tests.integration.load import Load
+from tests.integration.operator_process import running_operator
 from tests.integration.serving_fixtures import (
     ADAPTER_NAME,
     GROUP,
     PLURAL,
     VERSION,
-    create_namespace,
     make_serving_assets,
-    running_operator,
     serving_control_plane,
     tiny_llama_deployment,
 )

@@ -21,18 +21,17 @@ from typing import Any
 
 import yaml
 from kubernetes import client as kube_client
+from tests.integration.cluster_setup import create_namespace, install_crd
 from tests.integration.load import Load
+from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import (
     GROUP,
     PLURAL,
     VERSION,
-    create_namespace,
-    install_crd,
     make_serving_assets,
     serving_control_plane,
     tiny_llama_deployment,
 )
-from tests.integration.test_operator import OperatorProcess
 
 from bench.report import BENCH_DIR, bar_chart_svg, replace_section
 

@@ -36,8 +36,8 @@ from typing import Any, Self
 
 import yaml
 from kubernetes import client as kube_client
-from tests.integration.serving_fixtures import create_namespace, install_crd
-from tests.integration.test_operator import OperatorProcess
+from tests.integration.cluster_setup import create_namespace, install_crd
+from tests.integration.operator_process import OperatorProcess
 
 from bench.audit import AuditRequest, RequestCounts, by_user, count_by_client, read_audit_log
 from bench.recorder import (

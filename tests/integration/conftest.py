@@ -1,45 +1,48 @@
-"""One real control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK pools) per test run.
+"""The integration suites' fixtures, defined once.
+
+`control_plane`: one real control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK
+pools) per test run. Each module works on `plane`: that shared plane, or a plane of its own when the
+module is marked `pytest.mark.own_plane(KIND)`, whose process-backed pool runs the operator's pods for
+real: "llamacpp" (llama-server on the CPU pool, and Prometheus; `serving_fixtures`) or "vllm" (the vLLM
+stand-in on the GPU pool; `vllm_fixtures`). `assets` are the files such a pool's pods see; `api_client`,
+`crd`, `operator` and `namespace` act on the module's plane. A module changes what differs only:
+`operator_args` (say, a config file), or `assets` extended with more files.
 
 Build the binaries first with `hack/build-controlplane.sh`; without them these tests skip.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as kube_client
-from kubernetes import config as kube_config
-from kubernetes.client.exceptions import ApiException
 
 from llama_operator_dev import ControlPlane
-from llama_operator_dev.binaries import BUILD_SCRIPT, expected_bin_dir, missing_binaries
+from tests.integration.cluster_setup import create_namespace, install_crd, skip_without_binaries
+from tests.integration.operator_process import OperatorProcess, running_operator
+from tests.integration.serving_fixtures import ServingAssets, make_serving_assets, serving_control_plane
+from tests.integration.vllm_fixtures import VllmAssets, make_vllm_assets, vllm_control_plane
 
-T = TypeVar("T")
-
-
-def skip_without_binaries() -> None:
-    bin_dir = expected_bin_dir()
-    missing = missing_binaries(bin_dir)
-    if missing:
-        pytest.skip(f"control-plane binaries not built ({', '.join(missing)} missing in {bin_dir}); run {BUILD_SCRIPT}")
+OWN_PLANE_KINDS = ("llamacpp", "vllm")
 
 
-def poll_until(check: Callable[[], T | None], timeout_seconds: float, what: str, interval_seconds: float = 0.25) -> T:
-    """Call ``check`` until it returns something other than None; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_seconds:.0f}s waiting for {what}")
-        time.sleep(interval_seconds)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"own_plane(kind): the module's own control plane with a process-backed pool, kind in {OWN_PLANE_KINDS}",
+    )
+
+
+def own_plane_kind(request: pytest.FixtureRequest) -> str | None:
+    marker = request.node.get_closest_marker("own_plane")
+    if marker is None:
+        return None
+    (kind,) = marker.args
+    if kind not in OWN_PLANE_KINDS:
+        pytest.fail(f"own_plane({kind!r}): the kinds are {', '.join(OWN_PLANE_KINDS)}")
+    return str(kind)
 
 
 @pytest.fixture(scope="session")
@@ -53,54 +56,64 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         plane.stop()
 
 
-@pytest.fixture(scope="session")
-def api_client(control_plane: ControlPlane) -> Iterator[Any]:
-    """The official client, configured from the generated admin kubeconfig."""
-    client = kube_config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
-    try:
+@pytest.fixture(scope="module")
+def assets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ServingAssets | VllmAssets:
+    """What the pods of the module's process-backed pool see (skips when this machine cannot run them)."""
+    kind = own_plane_kind(request)
+    if kind == "llamacpp":
+        return make_serving_assets(tmp_path_factory.mktemp("serving-assets"))
+    if kind == "vllm":
+        return make_vllm_assets(tmp_path_factory.mktemp("vllm-assets"))
+    pytest.fail("assets belong to a plane of the module's own: mark the module with pytest.mark.own_plane(KIND)")
+
+
+@pytest.fixture(scope="module")
+def plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The run's shared plane, or the module's own (see the module docstring)."""
+    kind = own_plane_kind(request)
+    if kind is None:
+        yield request.getfixturevalue("control_plane")
+        return
+    started_assets = request.getfixturevalue("assets")
+    workdir = tmp_path_factory.mktemp(f"{kind}-plane")
+    with (
+        serving_control_plane(started_assets, workdir)
+        if kind == "llamacpp"
+        else vllm_control_plane(started_assets, workdir)
+    ) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def api_client(plane: ControlPlane) -> Iterator[Any]:
+    """The official client, authenticated as the plane's admin."""
+    with plane.new_api_client() as client:
         yield client
-    finally:
-        client.close()
+
+
+@pytest.fixture(scope="module")
+def crd(api_client: Any) -> None:
+    install_crd(api_client)
+
+
+@pytest.fixture(scope="module")
+def operator_args() -> list[str]:
+    """Extra `llama-operator run` arguments; a module overrides this fixture to pass its own."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def operator(
+    plane: ControlPlane, api_client: Any, operator_args: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The CRD installed and `llama-operator run` against the module's plane, for the whole module."""
+    with running_operator(plane, api_client, tmp_path_factory.mktemp("operator"), operator_args) as process:
+        yield process
 
 
 @pytest.fixture
-def namespace(api_client: Any, control_plane: ControlPlane) -> Iterator[str]:
-    """A fresh namespace whose default service account exists (pods are refused before it does)."""
-    core = kube_client.CoreV1Api(api_client)
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    core.create_namespace(body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-
-    def default_service_account() -> bool | None:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return True
-
-    poll_until(default_service_account, 60, f"service account default in {name}")
+def namespace(api_client: Any) -> Iterator[str]:
+    """A fresh namespace whose default service account exists, deleted after the test."""
+    name = create_namespace(api_client)
     yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="session")
-def crd(api_client: Any) -> None:
-    ext = kube_client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load(
-        (Path(__file__).resolve().parents[2] / "crds" / "llamadeployments.llamaops.io.yaml").read_text()
-    )
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-
-    def established() -> bool | None:
-        conditions = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
-        return True if any(c.type == "Established" and c.status == "True" for c in conditions) else None
-
-    poll_until(established, 30, "the CRD to be established")
+    kube_client.CoreV1Api(api_client).delete_namespace(name)

@@ -1,6 +1,7 @@
 """Building blocks of the serving tests' fixtures: a control plane whose process-backed pool runs
-the operator's llama.cpp pods as real llama-server processes, a real Prometheus scraping them,
-the CRD and the operator (the test module wraps each in a module-scoped fixture).
+the operator's llama.cpp pods as real llama-server processes, with a real Prometheus scraping them
+(conftest's `assets` and `plane` for modules marked `pytest.mark.own_plane("llamacpp")`), and
+LlamaDeployments for it.
 
 The llama-server binary comes from `hack/build-llama-server.sh` (built here when the cache lacks
 it; the tests skip only when this machine cannot build it), the model and adapters from
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as kube_client
-from kubernetes.client.exceptions import ApiException
 
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.binaries import REPOSITORY_ROOT, expected_bin_dir, missing_binaries
@@ -36,8 +34,8 @@ from llama_operator_dev.tiny_models import (
     llama_server_install_dir,
     write_tiny_model_set,
 )
-from tests.integration.conftest import poll_until
-from tests.integration.test_operator import OperatorProcess
+from tests.integration.cluster_setup import poll_until
+from tests.integration.operator_process import OperatorProcess
 
 GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
 LLAMA_SERVER_IN_POD = "/app/llama-server"
@@ -109,49 +107,6 @@ def serving_control_plane(assets: ServingAssets, workdir: Path) -> Iterator[Cont
         yield plane
     finally:
         plane.stop()
-
-
-def install_crd(api_client: Any) -> None:
-    ext = kube_client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load((REPOSITORY_ROOT / "crds" / "llamadeployments.llamaops.io.yaml").read_text())
-    ext.create_custom_resource_definition(body)
-
-    def established() -> bool | None:
-        conditions = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
-        return True if any(c.type == "Established" and c.status == "True" for c in conditions) else None
-
-    poll_until(established, 30, "the CRD to be established")
-
-
-@contextmanager
-def running_operator(plane: ControlPlane, api_client: Any, log_dir: Path) -> Iterator[OperatorProcess]:
-    """The CRD installed and `llama-operator run` against the plane."""
-    install_crd(api_client)
-    process = OperatorProcess(plane.kubeconfig_path, log_dir)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-def create_namespace(api_client: Any) -> str:
-    """A namespace whose default service account exists (pods are refused before it does)."""
-    core = kube_client.CoreV1Api(api_client)
-    name = f"serving-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-
-    def default_service_account() -> bool | None:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return True
-
-    poll_until(default_service_account, 60, f"service account default in {name}")
-    return name
 
 
 def tiny_llama_deployment(

@@ -4,32 +4,26 @@ back by itself, and an operator killed at every step resumes without a duplicate
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client as kube_client
 
-from llama_operator_dev import ControlPlane
-from tests.integration.conftest import poll_until
+from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
+from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import (
     ADAPTER_NAME,
     GROUP,
     PLURAL,
     VERSION,
     ServingAssets,
-    create_namespace,
     get_llamadeployment,
-    make_serving_assets,
-    running_operator,
-    serving_control_plane,
     tiny_llama_deployment,
     wait_adapter_rollout,
 )
-from tests.integration.test_operator import OperatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
 
 NAME = "tiny-adapters"
 REPLICAS = 2
@@ -38,32 +32,12 @@ ROLLOUT_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> ServingAssets:
-    built = make_serving_assets(tmp_path_factory.mktemp("assets"))
-    versions = built.adapters_dir / ADAPTER_NAME
-    (versions / "v2.gguf").symlink_to(built.models.lora_v2)
-    (versions / "v3.gguf").symlink_to(built.models.lora_broken)  # parses, but llama-server refuses to load it
-    return built
-
-
-@pytest.fixture(scope="module")
-def plane(assets: ServingAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with serving_control_plane(assets, tmp_path_factory.mktemp("plane")) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def api_client(plane: ControlPlane) -> Iterator[Any]:
-    with plane.new_api_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def operator(
-    plane: ControlPlane, api_client: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(plane, api_client, tmp_path_factory.mktemp("operator")) as process:
-        yield process
+def assets(assets: ServingAssets) -> ServingAssets:
+    """conftest's model and adapter v1, plus v2 and a broken v3 of the adapter."""
+    versions = assets.adapters_dir / ADAPTER_NAME
+    (versions / "v2.gguf").symlink_to(assets.models.lora_v2)
+    (versions / "v3.gguf").symlink_to(assets.models.lora_broken)  # parses, but llama-server refuses to load it
+    return assets
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ take load, an idle deployment scales back after the window, and a stopped Promet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +12,12 @@ import yaml
 from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
-from tests.integration.conftest import poll_until
+from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
-from tests.integration.serving_fixtures import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    ServingAssets,
-    create_namespace,
-    install_crd,
-    make_serving_assets,
-    serving_control_plane,
-    tiny_llama_deployment,
-)
-from tests.integration.test_operator import OperatorProcess
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, ServingAssets, tiny_llama_deployment
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
 
 NAME = "tiny-scaled"
 CHAT_TEMPLATE_ARGS = ["--chat-template", "vicuna"]
@@ -35,37 +25,12 @@ SCALE_DOWN_WINDOW = 8
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> ServingAssets:
-    return make_serving_assets(tmp_path_factory.mktemp("assets"))
-
-
-@pytest.fixture(scope="module")
-def plane(assets: ServingAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with serving_control_plane(assets, tmp_path_factory.mktemp("plane")) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def api_client(plane: ControlPlane) -> Iterator[Any]:
-    with plane.new_api_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def operator(
-    plane: ControlPlane, api_client: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
+def operator_args(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The operator reads the plane's Prometheus (the `prometheusUrl` of its config file)."""
     assert plane.prometheus is not None
-    workdir = tmp_path_factory.mktemp("operator")
-    config = workdir / "config.yaml"
+    config = tmp_path_factory.mktemp("operator-config") / "config.yaml"
     config.write_text(yaml.safe_dump({"prometheusUrl": plane.prometheus.url}))
-    install_crd(api_client)
-    process = OperatorProcess(plane.kubeconfig_path, workdir, extra_args=["--config", str(config)])
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+    return ["--config", str(config)]
 
 
 def autoscaled(assets: ServingAssets) -> dict[str, Any]:

@@ -26,8 +26,9 @@ from llama_operator.engines.base import EngineImages
 from llama_operator.operator_config import OperatorConfig
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.binaries import expected_bin_dir
-from tests.integration.conftest import poll_until, skip_without_binaries
-from tests.integration.test_operator import OperatorProcess, condition, example, wait_condition
+from tests.integration.cluster_setup import poll_until, skip_without_binaries
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.test_operator import condition, example, wait_condition
 
 pytestmark = pytest.mark.integration
 
@@ -278,15 +279,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         yield control_plane
     finally:
         control_plane.stop()
-
-
-@pytest.fixture(scope="module")
-def api_client(plane: ControlPlane) -> Iterator[Any]:
-    client = plane.new_api_client()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")

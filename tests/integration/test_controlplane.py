@@ -16,8 +16,7 @@ from kubernetes import client as kube_client
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.binaries import expected_bin_dir, read_versions
 from llama_operator_dev.pools import KWOK_MANAGED_LABEL, NODE_POOL_LABEL, load_node_pools
-
-from .conftest import poll_until, skip_without_binaries
+from tests.integration.cluster_setup import poll_until, skip_without_binaries
 
 pytestmark = pytest.mark.integration
 

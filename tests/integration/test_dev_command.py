@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.integration.conftest import poll_until, skip_without_binaries
+from tests.integration.cluster_setup import poll_until, skip_without_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_NAMES = {"llama-3b-cpu", "llama-70b-awq", "llama-8b-chat", "llama-8b-tgi", "scout-agent"}

@@ -12,7 +12,6 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,8 @@ from kubernetes import client as kube_client
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.pools import PROCESS_BACKED_LABEL
 from llama_operator_dev.prometheus import Sample
-from tests.integration.conftest import poll_until
+from tests.integration.cluster_setup import create_namespace, poll_until
+from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import (
     ADAPTER_NAME,
     ADAPTER_VERSION,
@@ -35,15 +35,10 @@ from tests.integration.serving_fixtures import (
     PLURAL,
     VERSION,
     ServingAssets,
-    create_namespace,
-    make_serving_assets,
-    running_operator,
-    serving_control_plane,
     tiny_llama_deployment,
 )
-from tests.integration.test_operator import OperatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
 
 NAME = "tiny-cpu"
 BROKEN_NAME = "tiny-broken"
@@ -108,57 +103,29 @@ def rfc3339_seconds(value: datetime) -> float:
 
 
 @pytest.fixture(scope="module")
-def serving_assets(tmp_path_factory: pytest.TempPathFactory) -> ServingAssets:
-    return make_serving_assets(tmp_path_factory.mktemp("serving-assets"))
-
-
-@pytest.fixture(scope="module")
-def serving_plane(serving_assets: ServingAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with serving_control_plane(serving_assets, tmp_path_factory.mktemp("serving-plane")) as plane:
-        yield plane
-
-
-@pytest.fixture(scope="module")
-def serving_api(serving_plane: ControlPlane) -> Iterator[Any]:
-    api_client = serving_plane.new_api_client()
-    try:
-        yield api_client
-    finally:
-        api_client.close()
-
-
-@pytest.fixture(scope="module")
-def serving_operator(
-    serving_plane: ControlPlane, serving_api: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(serving_plane, serving_api, tmp_path_factory.mktemp("serving-operator")) as operator:
-        yield operator
-
-
-@pytest.fixture(scope="module")
-def serving_namespace(serving_api: Any) -> str:
-    return create_namespace(serving_api)
+def serving_namespace(api_client: Any) -> str:
+    return create_namespace(api_client)
 
 
 @pytest.fixture(scope="module")
 def served(
-    serving_api: Any,
-    serving_assets: ServingAssets,
+    api_client: Any,
+    assets: ServingAssets,
     serving_namespace: str,
-    serving_operator: OperatorProcess,
-    serving_plane: ControlPlane,
+    operator: OperatorProcess,
+    plane: ControlPlane,
 ) -> ServedDeployment:
     """The tiny CPU example, reconciled by the operator, Ready, with its one pod."""
-    manifest = tiny_llama_deployment(NAME, serving_assets.models, adapters=True, extra_args=CHAT_TEMPLATE_ARGS)
-    kube_client.CustomObjectsApi(serving_api).create_namespaced_custom_object(
+    manifest = tiny_llama_deployment(NAME, assets.models, adapters=True, extra_args=CHAT_TEMPLATE_ARGS)
+    kube_client.CustomObjectsApi(api_client).create_namespaced_custom_object(
         GROUP, VERSION, serving_namespace, PLURAL, manifest
     )
-    wait_ld_condition(serving_api, serving_namespace, NAME, serving_operator, type_="Ready", status="True", timeout=120)
-    pods = kube_client.CoreV1Api(serving_api).list_namespaced_pod(
+    wait_ld_condition(api_client, serving_namespace, NAME, operator, type_="Ready", status="True", timeout=120)
+    pods = kube_client.CoreV1Api(api_client).list_namespaced_pod(
         serving_namespace, label_selector=f"llamaops.io/deployment={NAME}"
     )
     (pod,) = [p for p in pods.items if p.metadata.deletion_timestamp is None]
-    args = kube_client.AppsV1Api(serving_api).read_namespaced_deployment(NAME, serving_namespace)
+    args = kube_client.AppsV1Api(api_client).read_namespaced_deployment(NAME, serving_namespace)
     return ServedDeployment(serving_namespace, NAME, pod, list(args.spec.template.spec.containers[0].args))
 
 
@@ -178,10 +145,10 @@ def chat(url: str, model: str, *, max_tokens: int = 16, lora_scale: float | None
 
 
 def test_the_rendered_pod_runs_llama_server_and_serves_a_chat_completion(
-    served: ServedDeployment, serving_api: Any, serving_plane: ControlPlane
+    served: ServedDeployment, api_client: Any, plane: ControlPlane
 ) -> None:
     pod = served.pod
-    node = kube_client.CoreV1Api(serving_api).read_node(pod.spec.node_name)
+    node = kube_client.CoreV1Api(api_client).read_node(pod.spec.node_name)
     assert node.metadata.labels.get(PROCESS_BACKED_LABEL) == "true"
     assert ipaddress.ip_address(pod.status.pod_ip) in POD_NETWORK
     (container,) = pod.status.container_statuses
@@ -189,7 +156,7 @@ def test_the_rendered_pod_runs_llama_server_and_serves_a_chat_completion(
     assert container.state.running is not None
 
     # Ready only after /health said 200: while loading, llama-server answers 503.
-    kubelet = serving_plane.process_kubelet
+    kubelet = plane.process_kubelet
     assert kubelet is not None
     records = kubelet.probe_records(served.key)
     first_ok = next(i for i, r in enumerate(records) if r.ok)
@@ -242,20 +209,20 @@ def test_the_server_runs_with_the_args_sizing_rendered(served: ServedDeployment)
             assert running == rendered
 
 
-def query_by_deployment(serving_plane: ControlPlane, metric: str, served: ServedDeployment) -> list[Sample]:
-    prometheus = serving_plane.prometheus
+def query_by_deployment(plane: ControlPlane, metric: str, served: ServedDeployment) -> list[Sample]:
+    prometheus = plane.prometheus
     assert prometheus is not None
     return prometheus.query(f'{metric}{{namespace="{served.namespace}", llamaops_io_deployment="{served.name}"}}')
 
 
 def test_prometheus_scrapes_the_queue_and_sees_requests_deferred_under_load(
-    served: ServedDeployment, serving_plane: ControlPlane
+    served: ServedDeployment, plane: ControlPlane
 ) -> None:
-    prometheus = serving_plane.prometheus
+    prometheus = plane.prometheus
     assert prometheus is not None
     for metric in ("llamacpp:requests_processing", "llamacpp:requests_deferred"):
         samples = poll_until(
-            lambda metric=metric: query_by_deployment(serving_plane, metric, served) or None,
+            lambda metric=metric: query_by_deployment(plane, metric, served) or None,
             60,
             f"Prometheus to scrape {metric} of {served.key}",
         )
@@ -314,16 +281,14 @@ def test_the_adapter_is_rendered_listed_and_served(served: ServedDeployment) -> 
 
 
 def test_a_broken_rendering_ends_degraded_with_the_servers_own_error(
-    serving_api: Any, serving_assets: ServingAssets, serving_namespace: str, serving_operator: OperatorProcess
+    api_client: Any, assets: ServingAssets, serving_namespace: str, operator: OperatorProcess
 ) -> None:
-    manifest = tiny_llama_deployment(
-        BROKEN_NAME, serving_assets.models, adapters=False, extra_args=["--definitely-not-a-flag"]
-    )
-    kube_client.CustomObjectsApi(serving_api).create_namespaced_custom_object(
+    manifest = tiny_llama_deployment(BROKEN_NAME, assets.models, adapters=False, extra_args=["--definitely-not-a-flag"])
+    kube_client.CustomObjectsApi(api_client).create_namespaced_custom_object(
         GROUP, VERSION, serving_namespace, PLURAL, manifest
     )
     obj = wait_ld_condition(
-        serving_api, serving_namespace, BROKEN_NAME, serving_operator, type_="Degraded", status="True", timeout=90
+        api_client, serving_namespace, BROKEN_NAME, operator, type_="Degraded", status="True", timeout=90
     )
     degraded = condition_of(obj, "Degraded")
     assert degraded is not None

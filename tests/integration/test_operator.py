@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +10,8 @@ import yaml
 from kubernetes import client as kube_client
 from kubernetes.client.exceptions import ApiException
 
-from llama_operator_dev import ControlPlane
-from tests.integration.conftest import poll_until
+from tests.integration.cluster_setup import poll_until
+from tests.integration.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -31,80 +24,6 @@ EXPECTED_POOL = {
     "llama-4-scout-int4-h100-tools-lora": "NVIDIA-H100-80GB-HBM3",
     "llama-3.2-3b-gguf-cpu": "cpu",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class OperatorProcess:
-    """`llama-operator run` as a child process, as a user would start it."""
-
-    def __init__(self, kubeconfig: Path, log_dir: Path, extra_args: Sequence[str] = ()) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_dir = log_dir
-        self.extra_args = list(extra_args)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        liveness = free_port()
-        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_operator.cli", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
-             "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "--log-level", "debug", *self.extra_args],
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-        def alive() -> bool | None:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"operator exited with {self.process.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2) as response:
-                    return True if response.status == 200 else None
-            except OSError:
-                return None
-
-        poll_until(alive, 60, "the operator's liveness endpoint")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def log_tail(self) -> str:
-        path = self.log_dir / f"operator-{self.starts}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-40:]) if path.exists() else ""
-
-
-@pytest.fixture(scope="module")
-def operator(
-    crd: None, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(control_plane.kubeconfig_path, tmp_path_factory.mktemp("operator"))
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def custom(api_client: Any) -> Any:

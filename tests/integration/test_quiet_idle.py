@@ -17,7 +17,7 @@ from bench.audit import by_user, count_requests, read_audit_log
 from bench.recorder import ReadinessRecorder
 from bench.scale import OPERATOR_USER, SETTLE_SECONDS, BenchCluster, apply_all, object_names
 
-from tests.integration.conftest import skip_without_binaries
+from tests.integration.cluster_setup import skip_without_binaries
 
 N = 50
 CONCURRENCY = 16

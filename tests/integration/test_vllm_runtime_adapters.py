@@ -4,63 +4,22 @@ rolls back by itself, and a pod that restarts gets the adapters before it takes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client as kube_client
 
-from llama_operator_dev import ControlPlane
-from tests.integration.conftest import poll_until
+from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
-from tests.integration.serving_fixtures import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    create_namespace,
-    get_llamadeployment,
-    running_operator,
-    wait_adapter_rollout,
-)
-from tests.integration.test_operator import OperatorProcess
-from tests.integration.vllm_fixtures import (
-    VllmAssets,
-    make_vllm_assets,
-    vllm_control_plane,
-    vllm_llama_deployment,
-    vllm_pod_urls,
-)
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, get_llamadeployment, wait_adapter_rollout
+from tests.integration.vllm_fixtures import vllm_llama_deployment, vllm_pod_urls
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_plane("vllm")]
 
 NAME = "vllm-adapters"
 REPLICAS = 2
 TIMEOUT = 90
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> VllmAssets:
-    return make_vllm_assets(tmp_path_factory.mktemp("vllm-assets"))
-
-
-@pytest.fixture(scope="module")
-def plane(assets: VllmAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with vllm_control_plane(assets, tmp_path_factory.mktemp("vllm-plane"), delay_seconds=0.05) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def api_client(plane: ControlPlane) -> Iterator[Any]:
-    with plane.new_api_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def operator(
-    plane: ControlPlane, api_client: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(plane, api_client, tmp_path_factory.mktemp("operator")) as process:
-        yield process
 
 
 def adapter(version: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ LlamaDeployment for gpu-24gb lands on `gpu-24gb-real`, becomes Ready, and its po
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,48 +11,17 @@ import pytest
 from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
-from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, create_namespace, running_operator
+from tests.integration.cluster_setup import create_namespace
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION
 from tests.integration.test_llamacpp_serving import wait_ld_condition
-from tests.integration.test_operator import OperatorProcess
-from tests.integration.vllm_fixtures import (
-    GPU_POOL,
-    VllmAssets,
-    make_vllm_assets,
-    vllm_control_plane,
-    vllm_llama_deployment,
-    vllm_pod_urls,
-)
+from tests.integration.vllm_fixtures import GPU_POOL, VllmAssets, vllm_llama_deployment, vllm_pod_urls
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_plane("vllm")]
 
 NAME = "llama-8b-standin"
 POD_NETWORK = ipaddress.ip_network("127.0.1.0/24")
 READY_TIMEOUT_SECONDS = 90
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> VllmAssets:
-    return make_vllm_assets(tmp_path_factory.mktemp("vllm-assets"))
-
-
-@pytest.fixture(scope="module")
-def plane(assets: VllmAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with vllm_control_plane(assets, tmp_path_factory.mktemp("vllm-plane")) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def api_client(plane: ControlPlane) -> Iterator[Any]:
-    with plane.new_api_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def operator(
-    plane: ControlPlane, api_client: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(plane, api_client, tmp_path_factory.mktemp("operator")) as process:
-        yield process
 
 
 def test_the_gpu_pool_keeps_its_gpus_under_the_process_backed_kubelet(plane: ControlPlane, api_client: Any) -> None:

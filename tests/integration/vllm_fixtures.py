@@ -1,5 +1,6 @@
 """Building blocks of the vLLM tests' fixtures: a control plane whose `gpu-24gb-real` pool runs the
-operator's vLLM pods as the vLLM stand-in (tests/standins/vllm_openai.py), and LlamaDeployments for it.
+operator's vLLM pods as the vLLM stand-in (tests/standins/vllm_openai.py; conftest's `assets` and
+`plane` for modules marked `pytest.mark.own_plane("vllm")`), and LlamaDeployments for it.
 
 vLLM needs a GPU; the stand-in follows vLLM's documented HTTP contract instead. Pods of the
 process-backed GPU pool (tests/integration/pools-with-gpu-processes.yaml) run `vllm serve ...` as
@@ -7,8 +8,6 @@ rendered, with `vllm` mapped to the stand-in's wrapper script and `/models/model
 folder. Hub adapters (`hf://org/support-v1` -> lora_path `org/support-v1`) resolve under
 `STANDIN_HUB_DIR`, where `make_vllm_assets` writes `org/support-v1`, `org/support-v2` (different
 weights) and `org/support-v3` (broken: vLLM's 400 on load).
-
-The CRD, the operator, namespaces: reuse `serving_fixtures` (`running_operator`, `create_namespace`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from llama_operator_dev import ControlPlane
 from llama_operator_dev.pools import PROCESS_BACKED_LABEL
 from llama_operator_dev.process_kubelet import ProcessBackedConfig
 from llama_operator_dev.prometheus import Prometheus
-from tests.integration.conftest import skip_without_binaries
+from tests.integration.cluster_setup import skip_without_binaries
 from tests.integration.serving_fixtures import GROUP, PROBE_PERIOD_SECONDS, VERSION
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
