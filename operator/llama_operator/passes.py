@@ -25,6 +25,7 @@ from llama_operator.sizing.gpu_classes import Inventory, NodeFacts, inventory_fr
 Manifest = dict[str, Any]
 logger = logging.getLogger(__name__)
 PASSES_IN_FLIGHT = 16
+ROLLOUT_RECHECK_SECONDS = 5.0
 
 
 def slim_owner(body: Mapping[str, Any]) -> Manifest:
@@ -76,6 +77,9 @@ class PassRunner:
     # Passes in flight at once, over all objects: a thousand new objects finish a few at a time (their
     # status turns Ready early) instead of all advancing together, and their renders do not all sit in memory.
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PASSES_IN_FLIGHT))
+    # What the last pass of an object saw, when it found nothing to do: the same again needs no pass.
+    _steady: dict[OwnerKey, tuple[Any, ...]] = field(default_factory=dict)
+    _rechecks: dict[OwnerKey, asyncio.TimerHandle] = field(default_factory=dict)
     inventory: InventoryCache = field(default_factory=InventoryCache)
 
     def lock(self, key: OwnerKey) -> asyncio.Lock:
@@ -89,7 +93,29 @@ class PassRunner:
     def forget(self, key: OwnerKey) -> None:
         self._written.pop(key, None)
         self._queued.discard(key)
+        self._steady.pop(key, None)
+        recheck = self._rechecks.pop(key, None)
+        if recheck is not None:
+            recheck.cancel()
         self.ctx.applied.forget(*key)
+
+    def _fingerprint(self, key: OwnerKey, found: PassInput) -> tuple[Any, ...]:
+        """Everything a pass reads, by revision: the object, our last status write, children, pods, inventory."""
+        children = tuple(sorted((kind, record.resource_version) for kind, record in found.view.children.items()))
+        pods = tuple((p["metadata"].get("name"), p["metadata"].get("resourceVersion")) for p in found.view.pods)
+        return (resource_version(found.owner), self._written.get(key, (0,))[0], children, pods, id(found.inventory),
+                found.view.crds, self.ctx.applied.revisions(*key))  # fmt: skip
+
+    def _recheck_later(self, key: OwnerKey, read: Callable[[], PassInput | None]) -> None:
+        """A rollout in progress waits on time too (pause, metric-gate window, timeout): look again soon."""
+        if key in self._rechecks:
+            return
+
+        def fire() -> None:
+            self._rechecks.pop(key, None)
+            asyncio.get_running_loop().create_task(self.run(key, read, "rollout-timer"))
+
+        self._rechecks[key] = asyncio.get_running_loop().call_later(ROLLOUT_RECHECK_SECONDS, fire)
 
     def status_of(self, key: OwnerKey, owner: Mapping[str, Any]) -> Manifest:
         """The freshest status we know: the cached object's, or our own later write."""
@@ -141,6 +167,9 @@ class PassRunner:
         found = read()
         if found is None or found.owner["metadata"].get("deletionTimestamp"):
             return None
+        fingerprint = self._fingerprint(key, found)
+        if trigger != "owner" and self._steady.get(key) == fingerprint:
+            return None  # this pass saw exactly what the last one did, which had nothing to do
         PASSES.labels(trigger).inc()
         meta = found.owner["metadata"]
         ref = ObjectRef(key[1], key[0], str(meta["uid"]), int(meta.get("generation") or 0))
@@ -150,8 +179,17 @@ class PassRunner:
             outcome = await reconcile(self.ctx, ref, found.owner.get("spec") or {}, status, view=found.view,
                                       inventory=found.inventory)  # fmt: skip
         new_status = status_patch(outcome)
-        if changed(current, new_status):
+        wrote = changed(current, new_status)
+        if wrote:
             await self.write_status(key, new_status, "reconcile")
+        rollout = outcome.status.adapter_rollout
+        if rollout is not None and (rollout.phase == "Progressing" or rollout.checks):
+            self._recheck_later(key, read)
+        steady = not (wrote or outcome.applied or outcome.apply_error or (rollout and rollout.phase == "Progressing"))
+        if steady:
+            self._steady[key] = fingerprint
+        else:
+            self._steady.pop(key, None)
         return outcome, current
 
     async def run_after(

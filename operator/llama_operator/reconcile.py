@@ -57,6 +57,9 @@ class AppliedChildren:
             return cached
         return freshest(cached, mine)
 
+    def revisions(self, namespace: str, name: str) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted((k[1], r.resource_version) for k, r in self._records.items() if k[2:] == (namespace, name)))
+
     def forget(self, namespace: str, name: str) -> None:
         for key in [k for k in self._records if k[2] == namespace and k[3] == name]:
             del self._records[key]
