@@ -29,11 +29,12 @@ ROLLOUT_RECHECK_SECONDS = 5.0
 
 
 def slim_owner(body: Mapping[str, Any]) -> Manifest:
-    """What passes read of a LlamaDeployment."""
+    """What passes read of a LlamaDeployment, and what an Event needs to name it (apiVersion, kind, uid)."""
     meta = body.get("metadata") or {}
     kept = {k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
             if k in meta}  # fmt: skip
-    return {"metadata": kept, "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}  # fmt: skip
 
 
 @dataclass

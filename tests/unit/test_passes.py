@@ -239,3 +239,14 @@ def test_an_engine_that_never_answers_does_not_hold_the_object(silent_engine: in
     assert rollout["checks"][0]["check"] == "SmokeRequest"
     condition = next(c for c in api.owner()["status"]["conditions"] if c["type"] == "AdapterRollout")
     assert "SmokeRequest on pod chat-abc unanswered since" in condition["message"]
+
+
+def test_the_cached_owner_still_names_the_object_for_events() -> None:
+    """Events posted from passes that child events start name the LlamaDeployment by its cached copy."""
+    owner = owner_manifest()
+    owner["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    slim = slim_owner(owner)
+    assert (slim["apiVersion"], slim["kind"]) == ("llamaops.io/v1alpha1", "LlamaDeployment")
+    assert {k: slim["metadata"][k] for k in ("name", "namespace", "uid")} == {"name": "chat", "namespace": "ns",
+                                                                             "uid": "uid-1"}  # fmt: skip
+    assert "managedFields" not in slim["metadata"]
