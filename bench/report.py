@@ -37,13 +37,7 @@ def bar_chart_svg(
     def y(value: float) -> float:
         return top + plot_h * (1 - value / top_value)
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
-    ]
+    parts = svg_frame(width, height, title, left=left, top=top, plot_w=plot_w, plot_h=plot_h)
     for tick in range(5):
         value = top_value * tick / 4
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.1f}</text>')
@@ -68,3 +62,14 @@ def bar_chart_svg(
         parts.append(f'<text x="{left + 4}" y="{y(limit) - 4:.1f}" fill="#c0392b">limit {limit:.2f}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def svg_frame(width: int, height: int, title: str, *, left: int, top: int, plot_w: int, plot_h: int) -> list[str]:
+    """The opening of a plot: the SVG element, a white page, the title and the two axes."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
+    ]

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.report import BENCH_DIR, replace_section
+from bench.report import BENCH_DIR, replace_section, svg_frame
 
 RUN_RECORD = "<!-- scale-run "
 TICKS = 5
@@ -40,11 +40,7 @@ def line_chart_svg(title: str, series: dict[str, list[list[float]]], *, x_unit: 
         return top + plot_h * (1 - value / y_top)
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
+        *svg_frame(width, height, title, left=left, top=top, plot_w=plot_w, plot_h=plot_h),
         f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{x_unit}</text>',
         f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" text-anchor="middle">{y_unit}</text>',
     ]
