@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -43,7 +43,9 @@ API_CALLS_IN_FLIGHT = 16
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
 WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
 NODE_LABEL_PREFIXES = ("nvidia.com/", "llamaops.io/")  # what sizing reads; other label churn is ignored
+PASS_LOGGER = logging.getLogger("llama_operator.passes")
 CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws")
+INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES)
 
 
 @kopf.on.startup(id="configure")
@@ -63,12 +65,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     if "runner" not in memo:
         context = memo.get("context") or OperatorContext(kube=Kube.from_environment(), config=OperatorConfig())
-        memo["runner"] = PassRunner(context)
+        memo["runner"] = PassRunner(context, on_outcome=_report)
 
 
 @kopf.on.cleanup(id="stop-checks")
 async def stop_checks(memo: kopf.Memo, **_: Any) -> None:
-    await _runner(memo).ctx.checks.stop()
+    await _runner(memo).stop()
 
 
 def _runner(memo: kopf.Memo) -> PassRunner:
@@ -162,21 +164,14 @@ def _post_events(owner: kopf.Body, before: dict[str, Any], outcome: Outcome) -> 
         kopf.warn(owner, reason="InvalidSpec", message=outcome.invalid)
 
 
-def _owner_body(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any]) -> kopf.Body | None:
-    owners = _values(indexes.get("llama_owners"), key)
-    return kopf.Body(cast("kopf.RawBody", owners[0])) if owners else None
-
-
-def _report(owner: kopf.Body, result: tuple[Outcome, dict[str, Any]] | None, logger: kopf.Logger) -> Outcome | None:
-    if result is None:
-        return None
-    outcome, before = result
-    _post_events(owner, before, outcome)
+def _report(owner: Mapping[str, Any], outcome: Outcome, before: dict[str, Any]) -> None:
+    """After every pass: Events on decisions, log lines on what was applied and started."""
+    name = f"{owner['metadata'].get('namespace')}/{owner['metadata'].get('name')}"
+    _post_events(kopf.Body(cast("kopf.RawBody", owner)), before, outcome)
     if outcome.applied:
-        logger.info("applied %s", ", ".join(outcome.applied))
+        PASS_LOGGER.info("%s: applied %s", name, ", ".join(outcome.applied))
     for line in outcome.smoke_results:
-        logger.info("rollout: %s", line)
-    return outcome
+        PASS_LOGGER.info("%s: rollout: %s", name, line)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
@@ -186,11 +181,11 @@ async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logge
     runner = _runner(memo)
     key = (str(body.metadata.namespace), str(body.metadata.name))
     try:
-        result = await runner.run_now(key, _reader(runner, key, kwargs, owner=body), "owner")
+        result = await runner.run_now(key, _reader(runner, key, _indexes(kwargs), owner=body), "owner")
     except KubeError as error:
         RECONCILE_ERRORS.labels("api").inc()
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=5) from error
-    outcome = _report(body, result, logger)
+    outcome = result[0] if result is not None else None
     if outcome is not None and outcome.invalid is not None:
         RECONCILE_ERRORS.labels("invalid_spec").inc()
         raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
@@ -208,44 +203,51 @@ async def forget(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: An
         _runner(memo).forget((namespace, name))
 
 
-async def _child_pass(
-    key: OwnerKey, memo: kopf.Memo, logger: kopf.Logger, trigger: str, indexes: dict[str, Any]
-) -> None:
+def _indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Only the caches from a handler's kwargs: a queued pass must not keep the event's body alive."""
+    return {name: kwargs[name] for name in INDEX_IDS if name in kwargs}
+
+
+def _queue_pass(key: OwnerKey, memo: kopf.Memo, trigger: str, indexes: dict[str, Any]) -> None:
+    """Queue a pass for `key` and return at once: kopf's worker for the event is free, its body released;
+    a burst of events for one object becomes one pass."""
     runner = _runner(memo)
-    owner = _owner_body(runner, key, indexes)
-    if owner is None:
-        return
-    try:
-        _report(owner, await runner.run(key, _reader(runner, key, indexes), trigger), logger)
-    except KubeError as error:
-        RECONCILE_ERRORS.labels("api").inc()
-        logger.warning("could not reconcile %s/%s after a %s event: %s", key[0], key[1], trigger, error)
+
+    async def job() -> None:
+        try:
+            await runner.run(key, _reader(runner, key, indexes), trigger)
+        except KubeError as error:
+            RECONCILE_ERRORS.labels("api").inc()
+            PASS_LOGGER.warning("could not reconcile %s/%s after a %s event: %s", key[0], key[1], trigger, error)
+
+    runner.enqueue(key, job)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_LABELS, id="child-deployment")
 @kopf.on.event("", "v1", "services", labels=MANAGED_LABELS, id="child-service")
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_LABELS, id="child-pdb")
-async def child_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A child changed or went away: a hand edit is reverted at once, and the owner's status follows."""
     owner = owner_of(body)
     if owner:
-        await _child_pass(
-            (str(body.metadata.namespace), owner), memo, logger, str(body.get("kind", "child")).lower(), kwargs
+        _queue_pass(
+            (str(body.metadata.namespace), owner), memo, str(body.get("kind", "child")).lower(), _indexes(kwargs)
         )
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED_LABELS, id="child-pod")
-async def child_pod(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+async def child_pod(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A pod of ours changed (scheduled, crashed, ready, gate set): refresh status and drive rollouts."""
     owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
     if owner:
-        await _child_pass((str(body.metadata.namespace), owner), memo, logger, "pod", kwargs)
+        _queue_pass((str(body.metadata.namespace), owner), memo, "pod", _indexes(kwargs))
 
 
-async def _all_owners(memo: kopf.Memo, logger: kopf.Logger, trigger: str, indexes: dict[str, Any]) -> None:
+def _all_owners(memo: kopf.Memo, trigger: str, indexes: dict[str, Any]) -> None:
     owners = indexes.get("llama_owners")
     keys: Iterable[OwnerKey] = list(owners.keys()) if owners is not None else []
-    await asyncio.gather(*(_child_pass(key, memo, logger, trigger, indexes) for key in keys))
+    for key in keys:
+        _queue_pass(key, memo, trigger, indexes)
 
 
 @kopf.on.event("", "v1", "nodes", id="inventory")
@@ -257,14 +259,14 @@ async def inventory_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any)
     after = runner.inventory.get(runner.ctx, nodes)
     if before is not None and after != before:
         logger.info("GPU inventory changed: %s", ", ".join(after.class_names))
-        await _all_owners(memo, logger, "nodes", kwargs)
+        _all_owners(memo, "nodes", _indexes(kwargs))
 
 
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="optional-apis",
                when=lambda name, **_: name in WATCHED_CRDS)  # fmt: skip
 async def optional_api_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """The Prometheus Operator or LeaderWorkerSet CRDs came or went: children to add or stop rendering."""
-    await _all_owners(memo, logger, "crd", kwargs)
+    _all_owners(memo, "crd", _indexes(kwargs))
 
 
 # Children of optional APIs: watched only where the operator may list and watch them (a watch that is
@@ -325,7 +327,7 @@ async def _autoscale_once(runner: PassRunner, key: OwnerKey, body: kopf.Body, lo
             kopf.warn(body, reason="MetricsUnavailable", message=evaluation.status.reason)
 
     try:
-        _report(body, await runner.run_after(key, decide, _reader(runner, key, indexes), "autoscaler"), logger)
+        await runner.run_after(key, decide, _reader(runner, key, indexes), "autoscaler")
     except KubeError as error:
         logger.warning("autoscaling %s/%s: %s", namespace, name, error)
     return interval
@@ -339,5 +341,5 @@ async def autoscaler(
     runner = _runner(memo)
     key = (str(body.metadata.namespace), str(body.metadata.name))
     while not stopped:
-        interval = await _autoscale_once(runner, key, body, logger, kwargs)
+        interval = await _autoscale_once(runner, key, body, logger, _indexes(kwargs))
         await stopped.wait(interval)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import tracemalloc
 from pathlib import Path
+from types import FrameType
 
 import kopf
 from prometheus_client import start_http_server
@@ -41,6 +45,28 @@ def configure_logging(level: str, log_format: str) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def log_memory_on_signal(logger: logging.Logger) -> None:
+    """With LLAMA_OPERATOR_TRACEMALLOC=N (or PYTHONTRACEMALLOC=N) set, SIGUSR1 logs where the operator's memory
+    was allocated, N frames per site. Tracing slows the operator down: for diagnosis only."""
+    frames = os.environ.get("LLAMA_OPERATOR_TRACEMALLOC", "")
+    if frames.isdigit() and int(frames) > 0:
+        tracemalloc.start(int(frames))
+    if not tracemalloc.is_tracing():
+        return
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.statistics("traceback")
+        total = sum(s.size for s in stats)
+        logger.warning("traced memory: %.1f MiB in %d allocation sites; the largest:", total / 2**20, len(stats))
+        for stat in stats[:15]:
+            logger.warning(
+                "%.1f MiB in %d blocks:\n  %s", stat.size / 2**20, stat.count, "\n  ".join(stat.traceback.format())
+            )
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
 def run_operator(
     *,
     config_path: Path | None,
@@ -53,6 +79,7 @@ def run_operator(
     kubeconfig: str | None = None,
 ) -> int:
     configure_logging(log_level, log_format)
+    log_memory_on_signal(logging.getLogger("llama_operator.memory"))
     config = load_config(config_path)
     context = OperatorContext(kube=Kube.from_environment(kubeconfig), config=config)
     watched = watch_optional_children(context.kube.can_watch, logging.getLogger("llama_operator"))

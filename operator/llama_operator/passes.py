@@ -72,6 +72,7 @@ class PassRunner:
     """Per-object serialisation, event folding and write-through of our own status writes."""
 
     ctx: OperatorContext
+    on_outcome: Callable[[Mapping[str, Any], Outcome, Manifest], None] | None = None  # events, log lines
     _locks: weakref.WeakValueDictionary[OwnerKey, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
     _queued: set[OwnerKey] = field(default_factory=set)
     _written: dict[OwnerKey, tuple[int, Manifest]] = field(default_factory=dict)  # our last status write
@@ -81,6 +82,10 @@ class PassRunner:
     # What the last pass of an object saw, when it found nothing to do: the same again needs no pass.
     _steady: dict[OwnerKey, tuple[Any, ...]] = field(default_factory=dict)
     _rechecks: dict[OwnerKey, asyncio.TimerHandle] = field(default_factory=dict)
+    # Passes asked for by events of other objects: one entry per object (the latest job), a few workers.
+    _jobs: dict[OwnerKey, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    _job_keys: asyncio.Queue[OwnerKey] = field(default_factory=asyncio.Queue)
+    _workers: list[asyncio.Task[None]] = field(default_factory=list)
     inventory: InventoryCache = field(default_factory=InventoryCache)
 
     def lock(self, key: OwnerKey) -> asyncio.Lock:
@@ -100,6 +105,29 @@ class PassRunner:
             recheck.cancel()
         self.ctx.applied.forget(*key)
 
+    def enqueue(self, key: OwnerKey, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` (a pass for `key`) soon, on one of PASSES_IN_FLIGHT workers; while it waits, a newer job
+        for the same object replaces it."""
+        if key not in self._jobs:
+            self._job_keys.put_nowait(key)
+        self._jobs[key] = job
+        self._workers = [w for w in self._workers if not w.done()]  # a worker a bug killed is replaced
+        while len(self._workers) < PASSES_IN_FLIGHT:
+            self._workers.append(asyncio.get_running_loop().create_task(self._work(), name="pass worker"))
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._job_keys.get()
+            job = self._jobs.pop(key, None)
+            if job is not None:
+                await job()
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.ctx.checks.stop()
+
     def _fingerprint(self, key: OwnerKey, found: PassInput) -> tuple[Any, ...]:
         """Everything a pass reads, by revision: the object, our last status write, children, pods, inventory."""
         children = tuple(sorted((kind, record.resource_version) for kind, record in found.view.children.items()))
@@ -112,9 +140,12 @@ class PassRunner:
         if key in self._rechecks:
             return
 
+        async def recheck() -> None:
+            await self.run(key, read, "rollout-timer")
+
         def fire() -> None:
             self._rechecks.pop(key, None)
-            asyncio.get_running_loop().create_task(self.run(key, read, "rollout-timer"))
+            self.enqueue(key, recheck)
 
         self._rechecks[key] = asyncio.get_running_loop().call_later(ROLLOUT_RECHECK_SECONDS, fire)
 
@@ -191,6 +222,8 @@ class PassRunner:
             self._steady[key] = fingerprint
         else:
             self._steady.pop(key, None)
+        if self.on_outcome is not None:
+            self.on_outcome(found.owner, outcome, current)
         return outcome, current
 
     async def run_after(
