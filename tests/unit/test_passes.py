@@ -5,7 +5,6 @@ engine."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -19,88 +18,15 @@ from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.autoscale.decision import Sample
 from llama_operator.autoscale.evaluate import MetricsRead, decide_and_scale, status_patch
 from llama_operator.autoscale.queries import engine_queries
-from llama_operator.kube import Kube
 from llama_operator.observed import ObjectView, child_record, children_by_kind, slim_pod
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.passes import PassInput, PassRunner, slim_owner
 from llama_operator.reconcile import OperatorContext
 from llama_operator.sizing.gpu_classes import DEFAULT_INVENTORY
+from tests.unit.fake_api import FakeApi, owner_manifest
 
 Manifest = dict[str, Any]
 KEY = ("ns", "chat")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the apiserver applies `application/merge-patch+json` (lists are replaced whole)."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-class FakeApi(Kube):
-    """Objects in memory with resourceVersions; each call is slow enough for passes to interleave."""
-
-    def __init__(self, owner: Manifest) -> None:
-        self.objects: dict[tuple[str, str], Manifest] = {("LlamaDeployment", "chat"): owner}
-        self.revision = 1
-        self.writes: list[str] = []
-        self.lock = threading.Lock()
-
-    def _bump(self, body: Manifest) -> Manifest:
-        self.revision += 1
-        body["metadata"]["resourceVersion"] = str(self.revision)
-        return json.loads(json.dumps(body))
-
-    def apply(self, manifest: Manifest) -> Manifest:
-        time.sleep(0.002)
-        with self.lock:
-            self.writes.append(f"apply {manifest['kind']}")
-            stored = merge_patch(self.objects.get((manifest["kind"], manifest["metadata"]["name"]), {}), manifest)
-            self.objects[(manifest["kind"], manifest["metadata"]["name"])] = stored
-            return self._bump(stored)
-
-    def patch_llamadeployment_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
-        time.sleep(0.002)
-        with self.lock:
-            self.writes.append("status " + ",".join(sorted(status)))
-            owner = self.objects[("LlamaDeployment", name)]
-            owner["status"] = merge_patch(owner.get("status") or {}, status)
-            return self._bump(owner)
-
-    def scale_llamadeployment(self, namespace: str, name: str, replicas: int) -> Manifest:
-        with self.lock:
-            self.writes.append(f"scale {replicas}")
-            owner = self.objects[("LlamaDeployment", name)]
-            owner["spec"]["replicas"] = replicas
-            return self._bump(owner)
-
-    def set_pod_conditions(self, namespace: str, name: str, conditions: list[Manifest]) -> Manifest:
-        with self.lock:
-            self.writes.extend(f"pod {name} {c['type']}={c['status']}" for c in conditions)
-            return {}
-
-    def owner(self) -> Manifest:
-        with self.lock:
-            return json.loads(json.dumps(self.objects[("LlamaDeployment", "chat")]))
-
-    def children(self) -> list[Manifest]:
-        with self.lock:
-            return [json.loads(json.dumps(v)) for k, v in self.objects.items() if k[0] != "LlamaDeployment"]
-
-
-def owner_manifest(**spec: Any) -> Manifest:
-    return {
-        "apiVersion": "llamaops.io/v1alpha1",
-        "kind": "LlamaDeployment",
-        "metadata": {"name": "chat", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
-        "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, **spec},
-    }
 
 
 def runner_for(api: FakeApi) -> PassRunner:
