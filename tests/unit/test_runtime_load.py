@@ -189,3 +189,12 @@ def test_drain_gives_up_with_the_requests_still_in_flight(monkeypatch: pytest.Mo
 def test_drain_says_why_when_metrics_cannot_be_read() -> None:
     message = drained(refused)
     assert message == f"reading {POD}/metrics failed: connection refused"
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_a_metrics_endpoint_that_fails_is_not_read_as_an_empty_pod() -> None:
+    """An HTTP 500 from /metrics holds no counts: it must not pass for 'nothing in flight'."""
+    message = drained(lambda _: httpx.Response(500, text="internal error"))
+    assert message is not None
+    assert message.startswith(f"reading {POD}/metrics failed:")
+    assert "500" in message

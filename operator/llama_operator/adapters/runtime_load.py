@@ -41,6 +41,7 @@ def lora_path(adapter: Adapter) -> str:
 
 async def in_flight(http: httpx.AsyncClient, url: str) -> float:
     response = await http.get(f"{url}/metrics", timeout=5)
+    response.raise_for_status()  # an error page holds no counts; it must not read as an empty pod
     return sum(float(m.group(1)) for m in IN_FLIGHT.finditer(response.text))
 
 
