@@ -142,7 +142,7 @@ def _reader(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any], owner: k
         view = ObjectView(
             children=children_by_kind(records),
             pods=sorted(_values(indexes.get("llama_pods"), key), key=lambda p: str(p["metadata"]["name"])),
-            crds=frozenset(_values(indexes.get("llama_crds"), None)),
+            crds=frozenset(_values(indexes.get("llama_crds"), None)) & runner.ctx.watched_crds,
         )
         inventory = runner.inventory.get(runner.ctx, nodes)
         return PassInput(found, view, inventory)

@@ -81,9 +81,10 @@ def run_operator(
     configure_logging(log_level, log_format)
     log_memory_on_signal(logging.getLogger("llama_operator.memory"))
     config = load_config(config_path)
-    context = OperatorContext(kube=Kube.from_environment(kubeconfig), config=config)
-    watched = watch_optional_children(context.kube.can_watch, logging.getLogger("llama_operator"))
+    kube = Kube.from_environment(kubeconfig)
+    watched = watch_optional_children(kube.can_watch, logging.getLogger("llama_operator"))
     logging.getLogger("llama_operator").info("optional children watched: %s", ", ".join(watched) or "none")
+    context = OperatorContext(kube=kube, config=config, watched_crds=frozenset(watched))
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
     kopf.run(

@@ -22,7 +22,7 @@ from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.api.timestamps import rfc3339
 from llama_operator.engines.base import served_model_name
-from llama_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError
+from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
 from llama_operator.observed import ChildRecord, ObjectView, child_record, first_difference, freshest, needs_apply
 from llama_operator.operator_config import OperatorConfig
@@ -72,6 +72,9 @@ class OperatorContext:
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)  # smoke requests and Prometheus
     checks: CheckRunner = field(default_factory=CheckRunner)
     applied: AppliedChildren = field(default_factory=AppliedChildren)
+    # CRDs of optional child kinds the operator watches: only those are rendered (an unwatched kind would
+    # look missing to every pass and be applied again and again).
+    watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
 
 
 @dataclass(frozen=True)
