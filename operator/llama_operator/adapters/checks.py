@@ -70,11 +70,6 @@ class CheckRunner:
         if not task.cancelled() and task.exception() is not None:
             logger.error("check on pod %s/%s failed: %s", namespace, pod, task.exception())
 
-    def cancel_namespace_pods(self, namespace: str, pods: set[str]) -> None:
-        for (ns, pod), (_, task) in list(self._tasks.items()):
-            if ns == namespace and pod in pods:
-                task.cancel()
-
     async def stop(self) -> None:
         tasks = [task for _, task in self._tasks.values()]
         for task in tasks:
