@@ -136,7 +136,8 @@ class PassRunner:
                 found.view.crds, self.ctx.applied.revisions(*key))  # fmt: skip
 
     def _recheck_later(self, key: OwnerKey, read: Callable[[], PassInput | None]) -> None:
-        """A rollout in progress waits on time too (pause, metric-gate window, timeout): look again soon."""
+        """A rollout in progress waits on time too (pause, metric-gate window, timeout), and a refused apply
+        needs another try: look again soon."""
         if key in self._rechecks:
             return
 
@@ -215,8 +216,8 @@ class PassRunner:
         if wrote:
             await self.write_status(key, new_status, "reconcile")
         rollout = outcome.status.adapter_rollout
-        if rollout is not None and (rollout.phase == "Progressing" or rollout.checks):
-            self._recheck_later(key, read)
+        if outcome.apply_error or (rollout is not None and (rollout.phase == "Progressing" or rollout.checks)):
+            self._recheck_later(key, read)  # a refused apply is retried too, whatever started the pass
         steady = not (wrote or outcome.applied or outcome.apply_error or (rollout and rollout.phase == "Progressing"))
         if steady:
             self._steady[key] = fingerprint
