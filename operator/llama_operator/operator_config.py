@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from llama_operator.engines.base import EngineImages
+from llama_operator.engines.base import DEFAULT_HUB_ENDPOINT, EngineImages
 from llama_operator.sizing.gpu_classes import DEFAULT_CPU_CLASS, DEFAULT_GPU_CLASSES, GIB, CpuClass, GpuClass, Inventory
 
 
@@ -59,6 +59,11 @@ class OperatorConfig(_Settings):
     cpu_memory_gib: float = Field(default=DEFAULT_CPU_CLASS.memory_bytes / GIB, gt=0)
     images: dict[str, str] = Field(default_factory=dict, description="Overrides of EngineImages fields.")
     prometheus_url: str | None = Field(default=None, description="Default Prometheus for autoscaling.")
+    hub_endpoint: str = Field(
+        default=DEFAULT_HUB_ENDPOINT,
+        pattern=r"^https?://[^\s'\"\\]+$",
+        description="Where hf:// models and adapters are downloaded from: the Hugging Face Hub, or a mirror.",
+    )
 
     def class_list(self) -> tuple[GpuClass, ...]:
         return tuple(c.to_class() for c in self.gpu_classes)

@@ -192,7 +192,11 @@ async def reconcile(
     applied: list[str] = []
     apply_error = None
     if decision.fits:
-        options = RenderOptions(images=ctx.config.engine_images(), service_monitor=SERVICE_MONITOR_CRD in view.crds)
+        options = RenderOptions(
+            images=ctx.config.engine_images(),
+            service_monitor=SERVICE_MONITOR_CRD in view.crds,
+            hub_endpoint=ctx.config.hub_endpoint,
+        )
         children = render(
             ref.name, ref.namespace, spec, decision, options=options, owner=Owner(ref.name, ref.uid),
             adapters=rollout.state.serving if rollout else None,

@@ -11,7 +11,14 @@ from typing import Any
 from llama_operator.adapters.rollout import ADAPTERS_ANNOTATION, GATE_CONDITION, adapter_key
 from llama_operator.api.spec import GROUP, KIND, VERSION, Adapter, LlamaDeploymentSpec, canary_size
 from llama_operator.engines import render_engine_container
-from llama_operator.engines.base import HTTP_PORT_NAME, EngineContainer, EngineImages, EngineInput, Manifest
+from llama_operator.engines.base import (
+    DEFAULT_HUB_ENDPOINT,
+    HTTP_PORT_NAME,
+    EngineContainer,
+    EngineImages,
+    EngineInput,
+    Manifest,
+)
 from llama_operator.engines.pod import TERMINATION_GRACE_SECONDS
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, LABEL_CLASS, LABEL_MEMORY_MIB
@@ -47,6 +54,7 @@ class Owner:
 class RenderOptions:
     images: EngineImages = field(default_factory=EngineImages)
     service_monitor: bool = False  # only when the Prometheus Operator CRDs exist
+    hub_endpoint: str = DEFAULT_HUB_ENDPOINT
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -283,7 +291,9 @@ def render(
         raise ValueError("render needs a fitting sizing decision")
     opts = options or RenderOptions()
     serving = tuple(spec.adapters if adapters is None else adapters)
-    inp = EngineInput(name=name, spec=spec, decision=decision, images=opts.images, adapters=serving)
+    inp = EngineInput(
+        name=name, spec=spec, decision=decision, images=opts.images, adapters=serving, hub_endpoint=opts.hub_endpoint
+    )
     engine = render_engine_container(inp)
     workload = (
         render_leader_worker_set(inp, engine, namespace, owner)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import pytest
@@ -192,6 +193,36 @@ class TestPodShape:
         assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in fetch["env"]
         assert "hf-token" in text
         assert all("HF_TOKEN=" not in arg for arg in pod["containers"][0]["args"])
+
+    def test_downloads_come_from_the_configured_hub(self) -> None:
+        mirror = "http://hf-mirror.models.svc:8080"
+        hub_adapter = {"name": "support", "source": "hf://org/support", "version": "v1"}
+        vllm_pod = children(spec(adapters=[hub_adapter]), hub_endpoint=mirror)[0]["spec"]["template"]["spec"]
+        (fetch,) = vllm_pod["initContainers"]
+        assert "snapshot_download(repo_id='meta-llama/Llama-3.1-8B-Instruct'" in " ".join(shlex.split(fetch["command"][2]))
+        assert {"name": "HF_ENDPOINT", "value": mirror} in fetch["env"]
+        # The hub adapter loads at run time: vLLM downloads it from the same mirror.
+        assert {"name": "HF_ENDPOINT", "value": mirror} in vllm_pod["containers"][0]["env"]
+
+        gguf = spec(model={"source": "hf://org/repo/sub/model-Q4_K_M.gguf", "format": "gguf",
+                           "quantization": "q4_k_m"}, engine={"type": "llamacpp"})  # fmt: skip
+        gguf_fetch = children(gguf, hub_endpoint=mirror + "/")[0]["spec"]["template"]["spec"]["initContainers"][0]
+        assert f"{mirror}/org/repo/resolve/main/sub/model-Q4_K_M.gguf" in gguf_fetch["command"][2]
+        assert "huggingface.co" not in repr(gguf_fetch)
+
+        default = children(spec())[0]["spec"]["template"]["spec"]["initContainers"][0]
+        assert {"name": "HF_ENDPOINT", "value": "https://huggingface.co"} in default["env"]
+
+    def test_a_quote_in_a_source_stays_inside_the_download_script(self) -> None:
+        file_name = "a';touch${IFS}/tmp/owned;echo'.gguf"
+        s = spec(model={"source": f"https://example.com/{file_name}", "format": "gguf", "quantization": "q4_k_m"},
+                 engine={"type": "llamacpp"})  # fmt: skip
+        script = children(s)[0]["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+        words = shlex.split(script)  # how the shell splits it into words (quotes removed)
+        mentions = [word for word in words if "owned" in word]
+        assert mentions, script
+        # Every word keeps the quote as a literal character: no quote closed early, no command broke out.
+        assert all("owned;echo'" in word for word in mentions), f"a quote in the path ended a word: {mentions}"
 
     def test_children_are_owned_and_rolled_without_unavailability(self) -> None:
         rendered = children(spec(replicas=3))

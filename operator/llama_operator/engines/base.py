@@ -19,6 +19,7 @@ from llama_operator.sizing.memory import Shape, Workload
 
 __all__ = [
     "ADAPTER_MOUNT",
+    "DEFAULT_HUB_ENDPOINT",
     "HTTP_PORT_NAME",
     "LLAMACPP_BUILD",
     "MODEL_MOUNT",
@@ -37,6 +38,8 @@ __all__ = [
 # fails when they drift apart.
 VLLM_VERSION = "0.32.0"
 LLAMACPP_BUILD = 11312
+# The Hugging Face Hub; the operator's `hubEndpoint` setting points hf:// downloads at a mirror instead.
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class EngineInput:
     decision: SizingDecision
     images: EngineImages = field(default_factory=EngineImages)
     adapters: tuple[Adapter, ...] = ()  # the set the pods serve (during a rollout: the canary's)
+    hub_endpoint: str = DEFAULT_HUB_ENDPOINT  # where hf:// sources are downloaded from (a mirror in air-gapped clusters)
 
     @property
     def engine(self) -> Engine:

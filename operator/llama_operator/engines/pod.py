@@ -21,7 +21,7 @@ TERMINATION_GRACE_SECONDS = 90
 CPU_PER_GPU = 4
 CPU_FOR_CPU_PLAN = 4
 HF_TOKEN_ENV = "HF_TOKEN"  # noqa: S105 - the variable name, not a secret
-HF_ENDPOINT = "https://huggingface.co"
+HF_ENDPOINT_ENV = "HF_ENDPOINT"  # read by huggingface_hub, so by snapshot_download and by vLLM's adapter loads
 
 
 def http_probe(port_name: str, *, period: int, failures: int, timeout: int = 5) -> Manifest:
@@ -80,19 +80,25 @@ def adapter_path(inp: EngineInput, name: str, version: str) -> str:
     return base + ".gguf" if inp.spec.model.format == "gguf" else base
 
 
-def _fetch_script(source: str, target: str, *, single_file: bool) -> tuple[str, str]:
+def hub_endpoint_env(inp: EngineInput) -> list[Manifest]:
+    """The hub (or the mirror) huggingface_hub downloads from, for containers that download hf:// sources."""
+    return [{"name": HF_ENDPOINT_ENV, "value": inp.hub_endpoint}]
+
+
+def _fetch_script(source: str, target: str, *, single_file: bool, hub_endpoint: str) -> tuple[str, str]:
     """(image kind, shell script) that downloads `source` into `target`, skipping a finished download."""
     scheme, rest = split_source(source)
     done = shlex.quote(target + ".done") if single_file else shlex.quote(posixpath.join(target, ".done"))
     quoted = shlex.quote(target)
     parent = shlex.quote(posixpath.dirname(target))
-    prefix = f"set -eu; if [ -e {done} ]; then echo 'already present: {target}'; exit 0; fi; mkdir -p {parent}; "
+    present = shlex.quote(f"already present: {target}")
+    prefix = f"set -eu; if [ -e {done} ]; then echo {present}; exit 0; fi; mkdir -p {parent}; "
     if scheme == "hf":
         parts = rest.split("/")
         repo = "/".join(parts[:2])
         if single_file:
             file_path = "/".join(parts[2:])
-            url = shlex.quote(f"{HF_ENDPOINT}/{repo}/resolve/main/{file_path}")
+            url = shlex.quote(f"{hub_endpoint.rstrip('/')}/{repo}/resolve/main/{file_path}")
             auth = f'${{{HF_TOKEN_ENV}:+-H}} ${{{HF_TOKEN_ENV}:+"Authorization: Bearer ${HF_TOKEN_ENV}"}}'
             script = f"curl -fL --retry 5 --retry-delay 5 {auth} -o {quoted}.part {url} && mv {quoted}.part {quoted}"
             return "curl", prefix + script + f" && touch {done}"
@@ -111,7 +117,7 @@ def _fetch_script(source: str, target: str, *, single_file: bool) -> tuple[str, 
 def _downloader(
     inp: EngineInput, name: str, source: str, target: str, engine_image: str, *, single_file: bool
 ) -> Manifest:
-    kind, script = _fetch_script(source, target, single_file=single_file)
+    kind, script = _fetch_script(source, target, single_file=single_file, hub_endpoint=inp.hub_endpoint)
     image = {"curl": inp.images.downloader, "s3": inp.images.s3_downloader}.get(kind, engine_image)
     mount = ADAPTER_MOUNT if target.startswith(ADAPTER_MOUNT) else MODEL_MOUNT
     container: Manifest = {
@@ -120,7 +126,7 @@ def _downloader(
         "command": ["/bin/sh", "-c", script],
         "volumeMounts": [{"name": mount.strip("/"), "mountPath": mount}],
     }
-    env = hub_token_env(inp) if source.startswith("hf://") else []
+    env = [*hub_endpoint_env(inp), *hub_token_env(inp)] if source.startswith("hf://") else []
     if env:
         container["env"] = env
     return container

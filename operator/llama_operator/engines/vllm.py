@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
 from llama_operator.engines.pod import (
+    HF_ENDPOINT_ENV,
     adapter_path,
     engine_container,
     model_path,
@@ -82,6 +83,7 @@ def render_vllm_container(inp: EngineInput) -> EngineContainer:
     engine_env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # no telemetry from a customer's cluster
     if inp.adapters:
         engine_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
+        engine_env[HF_ENDPOINT_ENV] = inp.hub_endpoint  # hub adapters load at run time: vLLM downloads them
     return engine_container(
         inp,
         image=image(inp),
