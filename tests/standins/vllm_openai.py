@@ -2,8 +2,13 @@
 
 ``python -m tests.standins.vllm_openai serve MODEL [--served-model-name NAME] [--host H] [--port P]
 [--enable-lora] [--max-loras N] [--max-lora-rank R] [--max-num-seqs S] [--lora-modules name=path ...]``;
-any other ``--flag [value]`` of ``vllm serve`` is accepted and ignored, so the operator's rendered
-command line starts it unchanged.
+any other flag of the pinned ``vllm serve`` (recorded from vLLM's own parser in
+``vllm-serve-flags.json``) is accepted and ignored, so the operator's rendered command line starts it
+unchanged, and a flag vLLM does not have is refused with vLLM's "unrecognized arguments" (exit 2).
+
+The real vLLM serves every other vLLM test (tests/integration/test_vllm_*.py). The stand-in is kept
+for one fault the real server cannot be made to show on demand: an engine that accepts a request's
+connection and never answers (``STANDIN_DELAY_SECONDS=3600``), which must not wedge its deployment.
 
 What it answers, as vLLM documents it:
 
@@ -42,6 +47,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tests.standins.vllm_serve_flags import Arity, load_flags
+
 RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 HUB_DIR_ENV = "STANDIN_HUB_DIR"
 DELAY_ENV = "STANDIN_DELAY_SECONDS"
@@ -59,6 +66,7 @@ VALUE_FLAGS = {
     "--max-num-seqs": "max_num_seqs",
 }
 SWITCH_FLAGS = {"--enable-lora": "enable_lora"}
+RECORDED_VERSION, KNOWN_FLAGS = load_flags()
 
 
 class StandinUsageError(ValueError):
@@ -82,8 +90,39 @@ def _is_flag(token: str) -> bool:
     return token.startswith("--")
 
 
-def parse_serve_args(argv: Sequence[str]) -> ServeOptions:
-    """``serve MODEL [flags]`` -> options; unknown flags (with or without a value) are ignored."""
+def _flag_name(token: str) -> str:
+    """vLLM's parser reads ``--max_model_len`` as ``--max-model-len``."""
+    return "--" + token[2:].replace("_", "-")
+
+
+def _flag_values(flag: str, arity: Arity, inline: str | None, rest: list[str], index: int) -> tuple[list[str], int]:
+    """(the values ``flag`` takes from ``rest[index:]`` or its ``=value``, the index after them), or vLLM's refusal."""
+    following: list[str] = []
+    if inline is not None:
+        following = [inline]
+    elif arity != 0:
+        while index < len(rest) and not _is_flag(rest[index]):
+            following.append(rest[index])
+            index += 1
+            if arity in (1, "?"):
+                break
+    if arity == 0 and following:
+        raise StandinUsageError(f"vllm: error: argument {flag}: ignored explicit argument {following[0]!r}")
+    if arity == 1 and len(following) != 1:
+        raise StandinUsageError(f"vllm: error: argument {flag}: expected one argument")
+    if arity == "+" and not following:
+        raise StandinUsageError(f"vllm: error: argument {flag}: expected at least one argument")
+    return following, index
+
+
+def parse_serve_args(argv: Sequence[str], known_flags: Mapping[str, Arity] | None = None) -> ServeOptions:
+    """``serve MODEL [flags]`` -> options, read as vLLM's parser reads them.
+
+    A flag the pinned ``vllm serve`` does not have, a switch given a value, a value flag without
+    one and a stray positional are refused, as vLLM refuses them ("unrecognized arguments"); known
+    flags the stand-in has no use for are accepted and ignored.
+    """
+    flags = KNOWN_FLAGS if known_flags is None else known_flags
     if len(argv) < 2 or argv[0] != "serve" or _is_flag(argv[1]):
         raise StandinUsageError("usage: vllm_openai serve MODEL [--flag value ...]")
     model = argv[1]
@@ -94,20 +133,17 @@ def parse_serve_args(argv: Sequence[str]) -> ServeOptions:
     index = 0
     while index < len(rest):
         token = rest[index]
-        flag, has_inline, inline = token.partition("=")
-        following: list[str] = []
-        if has_inline:
-            following = [inline]
-        else:
-            while index + 1 + len(following) < len(rest) and not _is_flag(rest[index + 1 + len(following)]):
-                following.append(rest[index + 1 + len(following)])
-            index += len(following)
         index += 1
+        if not _is_flag(token):
+            raise StandinUsageError(f"vllm: error: unrecognized arguments: {token}")
+        raw_flag, has_inline, inline = token.partition("=")
+        flag = _flag_name(raw_flag)
+        if flag not in flags:
+            raise StandinUsageError(f"vllm: error: unrecognized arguments: {raw_flag}")
+        following, index = _flag_values(flag, flags[flag], inline if has_inline else None, rest, index)
         if flag in SWITCH_FLAGS:
             switches.add(SWITCH_FLAGS[flag])
         elif flag in VALUE_FLAGS:
-            if len(following) != 1:
-                raise StandinUsageError(f"{flag} takes one value, got {following}")
             values[VALUE_FLAGS[flag]] = following[0]
         elif flag == "--lora-modules":
             for module in following:

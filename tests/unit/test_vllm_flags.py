@@ -34,6 +34,7 @@ from llama_operator.sizing.memory import (
     vllm_lora_slots,
 )
 from llama_operator_dev.vllm_runtime import VLLM_RUNTIME_BUILD_SCRIPT, vllm_python
+from tests.standins.vllm_serve_flags import load_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -311,3 +312,21 @@ def test_a_removed_flag_is_refused(vllm: dict[str, Any]) -> None:
         answer = vllm["parsed"][f"{key}+removed"]
         assert "namespace" not in answer, f"vLLM {VLLM_VERSION} accepted {REMOVED_FLAG} after {key}'s args"
         assert REMOVED_FLAG in answer["error"], answer["error"]
+
+
+def test_the_stand_ins_recorded_flags_are_the_pinned_parsers() -> None:
+    """tests/standins/vllm-serve-flags.json (what the stand-in accepts) is what `vllm serve` accepts today."""
+    assert VLLM_PYTHON is not None
+    result = subprocess.run(
+        [str(VLLM_PYTHON), "-m", "tests.standins.vllm_serve_flags"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+        env={**os.environ, **VLLM_ENV, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded_version, recorded = load_flags()
+    current = json.loads(result.stdout)
+    assert recorded_version == current["version"] == VLLM_VERSION
+    assert recorded == current["flags"], (
+        "the vLLM stand-in's flags drifted from the pinned parser: regenerate tests/standins/vllm-serve-flags.json "
+        "as its module docstring says"
+    )

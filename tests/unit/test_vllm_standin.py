@@ -5,6 +5,7 @@ operator renders."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from llama_operator_dev.process_pods import container_command, process_environment
-from tests.standins.vllm_openai import ServeOptions, parse_serve_args
+from tests.standins.vllm_openai import ServeOptions, StandinUsageError, parse_serve_args
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "tests" / "standins" / "vllm"
@@ -156,6 +157,26 @@ class TestCommandLine:
             max_num_seqs=2,
             lora_modules=(("support", "/adapters/support/v1"),),
         )
+
+    @pytest.mark.parametrize(
+        ("args", "refusal"),
+        [
+            (["--disable-log-requests"], "unrecognized arguments: --disable-log-requests"),  # removed in vLLM 0.1x
+            (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
+            (["--enable-lora=yes"], "argument --enable-lora: ignored explicit argument 'yes'"),
+            (["--max-num-seqs"], "argument --max-num-seqs: expected one argument"),
+            (["--port", "8000", "9000"], "unrecognized arguments: 9000"),
+            (["--lora-modules"], "argument --lora-modules: expected at least one argument"),
+        ],
+    )
+    def test_what_vllm_refuses_is_refused(self, args: list[str], refusal: str) -> None:
+        with pytest.raises(StandinUsageError, match=re.escape(refusal)):
+            parse_serve_args(["serve", MODEL, *args])
+
+    def test_flags_read_as_vllm_reads_them(self) -> None:
+        options = parse_serve_args(["serve", MODEL, "--max_num_seqs", "3", "--port=9001", "--kv-cache-memory-bytes",
+                                    "67108864", "--no-enable-log-requests"])  # fmt: skip
+        assert (options.max_num_seqs, options.port) == (3, 9001)
 
     def test_defaults_follow_vllm(self) -> None:
         options = parse_serve_args(["serve", "org/model"])
