@@ -53,6 +53,7 @@ golden: setup
 bench: setup controlplane
 	$(BIN)/python -m bench.autoscale --runs 7
 	$(BIN)/python -m bench.adapter_swap --swaps 4
+	$(BIN)/python -m bench.adapter_swap --engine vllm --swaps 4
 	$(BIN)/python -m bench.scale --n 100
 	$(BIN)/python -m bench.scale --n 1000
 

@@ -28,6 +28,7 @@ from tests.integration.serving_fixtures import (
     GROUP,
     PLURAL,
     VERSION,
+    ServingAssets,
     make_serving_assets,
     serving_control_plane,
     tiny_llama_deployment,
@@ -51,9 +52,9 @@ def wait(check: Any, timeout: float, what: str) -> Any:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def manifest(models: Any) -> dict[str, Any]:
+def manifest(assets: ServingAssets) -> dict[str, Any]:
     body = tiny_llama_deployment(
-        NAME, models, adapters=False, extra_args=["--chat-template", "vicuna"], max_sequences=1
+        NAME, assets, adapters=False, extra_args=["--chat-template", "vicuna"], max_sequences=1
     )
     body["spec"]["autoscaling"] = {
         "enabled": True,
@@ -100,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     with serving_control_plane(assets, root / "plane") as plane, plane.new_api_client() as api_client:
         assert plane.prometheus is not None
         config = root / "config.yaml"
-        config.write_text(yaml.safe_dump({"prometheusUrl": plane.prometheus.url}))
+        config.write_text(yaml.safe_dump({"prometheusUrl": plane.prometheus.url, "hubEndpoint": assets.hub.url}))
         install_crd(api_client)
         operator = OperatorProcess(plane.kubeconfig_path, root, extra_args=["--config", str(config)])
         operator.start()
         try:
             namespace = create_namespace(api_client)
             kube_client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, manifest(assets.models)
+                GROUP, VERSION, namespace, PLURAL, manifest(assets)
             )
             for run in range(args.runs):
                 seconds = one_run(api_client, namespace)

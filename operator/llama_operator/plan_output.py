@@ -119,7 +119,13 @@ def plan_manifest(manifest: Mapping[str, Any], inventory: Inventory, config: Ope
     spec = parse_spec(_mapping_field(manifest, "spec"))
     decision = plan(spec, name, inventory)
     children = (
-        render(name, namespace, spec, decision, options=RenderOptions(images=config.engine_images(), hub_endpoint=config.hub_endpoint))
+        render(
+            name,
+            namespace,
+            spec,
+            decision,
+            options=RenderOptions(images=config.engine_images(), hub_endpoint=config.hub_endpoint),
+        )
         if decision.fits
         else []
     )

@@ -20,6 +20,7 @@ from llama_operator.engines.base import (
     Manifest,
 )
 from llama_operator.engines.pod import TERMINATION_GRACE_SECONDS
+from llama_operator.engines.registry import engine as engine_named
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, LABEL_CLASS, LABEL_MEMORY_MIB
 
@@ -291,6 +292,10 @@ def render(
         raise ValueError("render needs a fitting sizing decision")
     opts = options or RenderOptions()
     serving = tuple(spec.adapters if adapters is None else adapters)
+    if engine_named(decision.request.engine).loads_at_runtime(spec.adapters):
+        # The operator loads the set into running pods: the template carries what loading needs (LoRA on,
+        # the readiness gate), never the set itself, so no set change, rollback or first rollout restarts a pod.
+        serving = tuple(spec.adapters)
     inp = EngineInput(
         name=name, spec=spec, decision=decision, images=opts.images, adapters=serving, hub_endpoint=opts.hub_endpoint
     )

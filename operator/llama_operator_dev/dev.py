@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,12 +22,13 @@ import yaml
 
 from llama_operator.api.crd import build_crd
 from llama_operator.api.spec import GROUP, KIND, VERSION
+from llama_operator.engines.base import HTTP_PORT_NAME
 from llama_operator.kube import Kube
 from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator_dev.controlplane import ControlPlane
-from llama_operator_dev.pools import NODE_POOL_LABEL
+from llama_operator_dev.pools import NODE_POOL_LABEL, PROCESS_BACKED_LABEL
 from llama_operator_dev.prometheus import Prometheus
-from llama_operator_dev.real_cpu_pool import on_real_cpu_pool, real_cpu_pool
+from llama_operator_dev.real_pools import RealPools, real_pools
 
 LOGGER = logging.getLogger(__name__)
 DEMO_NAMESPACE = "demo"
@@ -71,7 +73,7 @@ def install_crd(kube: Kube) -> None:
     _wait(established, 30, "the LlamaDeployment CRD to be established")
 
 
-def apply_examples(kube: Kube, examples_dir: Path, namespace: str, *, real_cpu: bool) -> list[str]:
+def apply_examples(kube: Kube, examples_dir: Path, namespace: str, *, real: RealPools | None) -> list[str]:
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     _wait(
         lambda: kube.get("v1", "ServiceAccount", namespace, "default") is not None,
@@ -82,7 +84,7 @@ def apply_examples(kube: Kube, examples_dir: Path, namespace: str, *, real_cpu: 
     for path in sorted(examples_dir.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             if document and document.get("kind") == KIND:
-                manifest = on_real_cpu_pool(document) if real_cpu else document
+                manifest = real.place(document) if real is not None else document
                 manifest["metadata"]["namespace"] = namespace
                 kube.apply(manifest)
                 names.append(manifest["metadata"]["name"])
@@ -90,13 +92,13 @@ def apply_examples(kube: Kube, examples_dir: Path, namespace: str, *, real_cpu: 
 
 
 @contextmanager
-def operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`llama-operator run` against the dev cluster, stopped (SIGTERM, then SIGKILL) on exit."""
+def operator_process(kubeconfig: Path, log_path: Path, config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`llama-operator run --config CONFIG` against the dev cluster, stopped (SIGTERM, then SIGKILL) on exit."""
     liveness = _free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "llama_operator.cli", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
-             "--metrics-port", str(_free_port()), "--metrics-host", "127.0.0.1"],
+             "--metrics-port", str(_free_port()), "--metrics-host", "127.0.0.1", "--config", str(config)],
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -147,6 +149,44 @@ def placement_rows(kube: Kube, namespace: str) -> list[Row]:
     return sorted(rows, key=lambda r: r.name)
 
 
+@dataclass(frozen=True)
+class ServingPod:
+    """A Ready pod of the demo that really serves (on a process-backed node): how to talk to it."""
+
+    deployment: str
+    pod: str
+    model: str  # the `model` clients send
+    base_url: str  # http://<pod IP>:<port>/v1
+
+    def how_to_talk(self) -> str:
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say hello."}],
+                           "max_tokens": 16})  # fmt: skip
+        return (
+            f"{self.deployment} serves on pod {self.pod}; send it a chat request:\n"
+            f"    curl -s {self.base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
+            f'    or, with the openai client: OpenAI(base_url="{self.base_url}", api_key="unused")'
+        )
+
+
+def serving_pods(kube: Kube, namespace: str) -> list[ServingPod]:
+    """Ready, not terminating pods of the demo's LlamaDeployments on process-backed nodes."""
+    real_nodes = {n["metadata"]["name"] for n in kube.list("v1", "Node", None, f"{PROCESS_BACKED_LABEL}=true")}
+    found = []
+    for item in kube.list(f"{GROUP}/{VERSION}", KIND, namespace):
+        name = item["metadata"]["name"]
+        model = str(((item.get("spec") or {}).get("serving") or {}).get("servedModelName") or name)
+        for pod in kube.list("v1", "Pod", namespace, f"{LABEL_DEPLOYMENT}={name}"):
+            status = pod.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            if not ready or pod["metadata"].get("deletionTimestamp") or pod["spec"].get("nodeName") not in real_nodes:
+                continue
+            ports = pod["spec"]["containers"][0].get("ports") or []
+            port = next((p["containerPort"] for p in ports if p.get("name") == HTTP_PORT_NAME), None)
+            if port is not None and status.get("podIP"):
+                found.append(ServingPod(name, pod["metadata"]["name"], model, f"http://{status['podIP']}:{port}/v1"))
+    return sorted(found, key=lambda p: p.pod)
+
+
 def format_rows(rows: list[Row]) -> str:
     header = Row("NAME", "ENGINE", "GPUS", "NODE POOL", "READY", "PHASE")
     table = [header, *rows]
@@ -172,9 +212,18 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
         out.flush()
 
     previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
-    real_cpu = real_cpu_pool(workdir, examples_dir, say)  # None (and why) when llama-server is not built
-    plane = ControlPlane(workdir, process_backed=real_cpu, prometheus=real_cpu is not None and Prometheus.available())
+    real = real_pools(workdir, examples_dir, say)  # None (and why) when llama-server is not built
+    plane = ControlPlane(
+        workdir,
+        process_backed=real.config if real is not None else None,
+        prometheus=real is not None and Prometheus.available(),
+    )
+    config = workdir / "operator-config.yaml"
     try:
+        if real is not None:
+            real.hub.start()
+            say(f"local model hub (the operator's hubEndpoint): {real.hub.url}")
+        config.write_text(yaml.safe_dump({"hubEndpoint": real.hub.url} if real is not None else {}))
         say(f"starting the control plane in {workdir} (logs in {plane.logs_dir})")
         plane.start()
         say(f"control plane ready; kubeconfig: {plane.kubeconfig_path}")
@@ -185,24 +234,31 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
             kube = Kube(api_client)
             install_crd(kube)
             say("CRD llamadeployments.llamaops.io installed")
-            with operator_process(plane.kubeconfig_path, workdir / "operator.log"):
+            with operator_process(plane.kubeconfig_path, workdir / "operator.log", config):
                 say(f"operator running (log: {workdir / 'operator.log'})")
-                names = apply_examples(kube, examples_dir, DEMO_NAMESPACE, real_cpu=real_cpu is not None)
+                names = apply_examples(kube, examples_dir, DEMO_NAMESPACE, real=real)
                 say(
                     f"applied {len(names)} examples from {examples_dir} to namespace {DEMO_NAMESPACE}: {', '.join(names)}"
                 )
                 say("watching; press Ctrl-C to stop and tear everything down")
                 shown = ""
+                announced: set[str] = set()
                 while True:
                     table = format_rows(placement_rows(kube, DEMO_NAMESPACE))
                     if table != shown:
                         say("LlamaDeployments:\n" + table)
                         shown = table
+                    for pod in serving_pods(kube, DEMO_NAMESPACE):
+                        if pod.pod not in announced:
+                            announced.add(pod.pod)
+                            say(pod.how_to_talk())
                     time.sleep(refresh_seconds)
     except (KeyboardInterrupt, _StopRequestedError):
         say("stopping")
     finally:
         plane.stop()
+        if real is not None:
+            real.hub.stop()
         signal.signal(signal.SIGTERM, previous_handler)
         say("control plane stopped; nothing left running")
     return 0

@@ -11,13 +11,18 @@ this component plays the kubelet instead, so a llama.cpp pod the operator render
   example ``/app/llama-server`` to a built binary, ``/models`` to a folder of generated GGUF
   files), ``--host 0.0.0.0`` bound to the pod's own loopback address (one per pod, from
   ``pod_network``; ports are kept, as each pod has its own address);
-- init containers that would download are reported Completed: the path map does their job;
+- each ``emptyDir`` volume of a pod is a host folder under the pod's folder, mapped at its
+  containers' mount paths (a static ``path_map`` entry for the same or a longer path wins); pod
+  paths are also mapped inside command/args strings and env values, so a ``sh -c`` script works;
+- init containers run first, in order, each to completion (a failing one again with the
+  kubelet's back-off; with ``restartPolicy: Never`` the pod fails), and the pod stays Pending,
+  ``Initialized=False``, until they all completed;
 - readiness comes from the pod's own startup/readiness/liveness probes, run against the process;
 - an exit is reported as ``terminated`` (exit code, the last log lines as message) and the
   container restarts with the kubelet's back-off (10 s, 20 s, ... capped), ``CrashLoopBackOff``
   in between;
 - a deleted pod gets its preStop hook (sleep or HTTP GET), SIGTERM, SIGKILL after the grace
-  period, and the kubelet's final delete (grace 0).
+  period, the kubelet's final delete (grace 0), and its volume folders are removed.
 
 Status goes through the pods/status subresource, as a kubelet writes it. ``stop()`` ends every
 process it started.
@@ -56,7 +61,8 @@ class ProcessBackedConfig:
     """What the harness tells the process-backed kubelet.
 
     ``path_map`` maps paths inside a pod to host paths: an exact file (``/models/tiny.gguf``) or a
-    folder and everything below it (``/adapters``). ``extra_env`` is the environment this node adds
+    folder and everything below it (``/adapters``); it comes before a pod's own emptyDir volume
+    mounted at the same path, and the longest match wins. ``extra_env`` is the environment this node adds
     to every pod process (say, where a stand-in finds its files); a pod's own ``env`` wins.
     """
 

@@ -1,16 +1,19 @@
 """One pod of the process-backed pool, run by its own thread as a kubelet would run it.
 
-The worker starts the pod's first container as a local process (paths mapped, bound to the
-pod's loopback address), runs its startup, readiness and liveness probes against it, restarts
-it with back-off when it exits, and on deletion runs the preStop hook, sends SIGTERM, SIGKILL
-after the grace period, and deletes the pod for good. Everything it learns goes to the pod's
-status subresource.
+The worker gives the pod's ``emptyDir`` volumes host folders (``<pod_dir>/volumes/<name>``),
+runs the init containers one after the other, each to completion (a failing one again with
+back-off, or the pod fails when it never restarts), then starts the pod's first container as a
+local process (paths mapped, bound to the pod's loopback address), runs its startup, readiness
+and liveness probes against it, restarts it with back-off when it exits, and on deletion runs
+the preStop hook, sends SIGTERM, SIGKILL after the grace period, deletes the pod for good and
+removes its volumes. Everything it learns goes to the pod's status subresource.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -25,19 +28,29 @@ from kubernetes.client.exceptions import ApiException
 
 from llama_operator_dev.process_kubelet_api import API_ERRORS, HTTP_NOT_FOUND, KubeletApi
 from llama_operator_dev.process_pods import (
+    CRASH_LOOP_BACK_OFF,
+    UNSUPPORTED_REASON,
+    VOLUMES_FOLDER,
     ContainerView,
     Terminated,
     container_command,
     container_environment,
+    container_mount_folders,
+    container_path_map,
     crashes_after_exit,
     exit_reason,
+    is_sidecar,
     pod_status,
+    pod_volume_folders,
     process_environment,
     restart_backoff_seconds,
     should_restart,
-    skipped_init_container,
+    should_restart_init,
+    sidecar_refused,
     termination_message,
+    unbacked_volumes,
     unmet_readiness_gates,
+    waiting_for_init,
 )
 from llama_operator_dev.process_probes import ContainerProbes, ProbeKind, probe_target, run_probe
 from llama_operator_dev.processes import signal_group, tail_lines
@@ -85,6 +98,28 @@ class WorkerSettings:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+def initial_views(spec: Manifest) -> dict[str, ContainerView]:
+    """Every container's status before anything ran, by name: init containers and the first container
+    wait for the init containers, the other containers are not run here."""
+    init = spec.get("initContainers") or []
+    main, *others = spec["containers"]
+    views = {str(c["name"]): waiting_for_init(c) for c in init}
+    views[str(main["name"])] = (
+        waiting_for_init(main)
+        if init
+        else ContainerView(name=str(main["name"]), image=str(main.get("image", "")), state="waiting")
+    )
+    for other in others:
+        views[str(other["name"])] = ContainerView(
+            name=str(other["name"]),
+            image=str(other.get("image", "")),
+            state="waiting",
+            reason=UNSUPPORTED_REASON,
+            message="the process-backed kubelet runs the first container of a pod only",
+        )
+    return views
+
+
 class PodWorker:
     """Runs one pod until it is deleted (or the harness stops)."""
 
@@ -113,12 +148,16 @@ class PodWorker:
         self._deleting = False
         self._gone = False
         self._shutdown = False
+        self._deleted = False  # the final delete went through (or the pod vanished): its volumes go
         self._process: subprocess.Popen[bytes] | None = None
+        self._process_container = ""  # the name of the container whose process runs
         self._start_time = now_rfc3339()
-        self._init_views: list[ContainerView] = []
-        self._other_views: list[ContainerView] = []
-        main = pod["spec"]["containers"][0]
-        self._view = ContainerView(name=str(main["name"]), image=str(main.get("image", "")), state="waiting")
+        spec = pod["spec"]
+        self._init_names = [str(c["name"]) for c in spec.get("initContainers") or []]
+        self._main_name = str(spec["containers"][0]["name"])
+        self._other_names = [str(c["name"]) for c in spec["containers"][1:]]
+        self._views = initial_views(spec)  # container name -> its status, init containers included
+        self._volume_folders = pod_volume_folders(spec, pod_dir)
         self._conditions: list[Manifest] = []  # the kubelet's own conditions, as last written
         self._written: Manifest | None = None
         self._thread = threading.Thread(target=self._run, name=f"pod {self.namespace}/{self.name}", daemon=True)
@@ -176,68 +215,92 @@ class PodWorker:
             self._write_status()
         return True
 
+    def _set(self, name: str, **changes: Any) -> None:
+        self._views[name] = replace(self._views[name], **changes)
+
     def _run(self) -> None:
         try:
             self._serve()
         finally:
             self._kill(self._settings.stop_grace_seconds)
+            if self._deleted or (self._gone and not self._shutdown):
+                self._remove_volumes()
             self.finished.set()
 
     def _serve(self) -> None:
         spec = self._snapshot()["spec"]
-        main, *others = spec["containers"]
-        now = now_rfc3339()
-        self._init_views = [skipped_init_container(c, now) for c in spec.get("initContainers") or []]
-        self._other_views = [
-            ContainerView(
-                name=str(c["name"]),
-                image=str(c.get("image", "")),
-                state="waiting",
-                reason="ProcessBackedUnsupported",
-                message="the process-backed kubelet runs the first container of a pod only",
-            )
-            for c in others
-        ]
+        main = spec["containers"][0]
+        self._make_volumes(spec)
         self._write_status()
         restart_policy = str(spec.get("restartPolicy", "Always"))
+        if self._initialize(spec, restart_policy):
+            exited = self._run_with_restarts(main, lambda code: should_restart(restart_policy, code), init=False)
+            if exited is not None:  # it will not run again: the pod has finished
+                self._wait(None)
+        if self._shutdown:
+            return
+        self._terminate_for_deletion(main)
+
+    def _initialize(self, spec: Manifest, restart_policy: str) -> bool:
+        """Run the init containers in order, each to completion; False when the pod will not get past them."""
+        for container in spec.get("initContainers") or []:
+            name = str(container["name"])
+            if is_sidecar(container):
+                LOGGER.warning("%s: init container %s is a sidecar; not run, the pod waits", self.key, name)
+                self._views[name] = sidecar_refused(container)
+                self._wait(None)
+                return False
+            exited = self._run_with_restarts(
+                container, lambda code: should_restart_init(restart_policy, code), init=True
+            )
+            if exited is None:
+                return False
+            if exited.exit_code != 0:  # restartPolicy Never: the pod has failed
+                LOGGER.info("%s: init container %s failed with %d; the pod failed", self.key, name, exited.exit_code)
+                self._wait(None)
+                return False
+        return True
+
+    def _run_with_restarts(
+        self, container: Manifest, restart: Callable[[int], bool], *, init: bool
+    ) -> Terminated | None:
+        """Run the container, again with back-off while ``restart(exit code)``: its last exit, None when interrupted."""
+        name = str(container["name"])
         crashes = 0
         restarts = 0
         while not self._interrupted():
             began = time.monotonic()
-            exited = self._run_container(main, restarts)
+            exited = self._run_container(container, restarts, init=init)
             if exited is None:
-                break
-            self._view = replace(self._view, state="terminated", terminated=exited, started=False, ready=False)
+                return None
+            done = init and exited.exit_code == 0  # a completed init container reads as ready
+            self._set(name, state="terminated", terminated=exited, started=False, ready=done)
             self._write_status()
-            if not should_restart(restart_policy, exited.exit_code):
-                self._wait(None)
-                break
+            if not restart(exited.exit_code):
+                return exited
             crashes = crashes_after_exit(crashes, time.monotonic() - began, self._settings.backoff_max_seconds)
             delay = restart_backoff_seconds(
                 crashes, self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds
             )
-            LOGGER.info(
-                "%s: container %s exited with %d; restarting in %.0fs", self.key, main["name"], exited.exit_code, delay
-            )
-            self._view = replace(
-                self._view,
+            LOGGER.info("%s: container %s exited with %d; restarting in %.0fs", self.key, name, exited.exit_code, delay)
+            self._set(
+                name,
                 state="waiting",
-                reason="CrashLoopBackOff",
-                message=f"back-off {delay:.0f}s restarting failed container={main['name']} pod={self.name}_{self.namespace}({self.uid})",
+                reason=CRASH_LOOP_BACK_OFF,
+                message=f"back-off {delay:.0f}s restarting failed container={name} pod={self.name}_{self.namespace}({self.uid})",
                 last_terminated=exited,
                 terminated=None,
                 pid=None,
             )
             self._write_status()
             if self._wait(delay):
-                break
+                return None
             restarts += 1
-        if self._shutdown:
-            return
-        self._terminate_for_deletion(main)
+        return None
 
-    def _run_container(self, container: Manifest, restarts: int) -> Terminated | None:
+    def _run_container(self, container: Manifest, restarts: int, *, init: bool) -> Terminated | None:
         """Run one instance of the container: its exit, or None when the pod is being deleted."""
+        name = str(container["name"])
         fields = {
             "metadata.name": self.name,
             "metadata.namespace": self.namespace,
@@ -249,9 +312,10 @@ class PodWorker:
         environment, unresolved = container_environment(container, fields)
         if unresolved:
             LOGGER.warning("%s: env %s not resolved (Secrets/ConfigMaps are not read here)", self.key, unresolved)
-        argv = container_command(container, self._settings.path_map, self.pod_ip, environment)
+        path_map = self._path_map(container)
+        argv = container_command(container, path_map, self.pod_ip, environment)
         started_at = now_rfc3339()
-        log_path = self.pod_dir / f"{container['name']}.{restarts}.log"
+        log_path = self.pod_dir / f"{name}.{restarts}.log"
         if not argv:
             message = "no command in the pod spec: the process-backed kubelet cannot know an image's entrypoint"
             return Terminated(START_ERROR_EXIT_CODE, "StartError", message, started_at, now_rfc3339())
@@ -264,28 +328,27 @@ class PodWorker:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    env=process_environment(base_env, self._settings.extra_env, environment),
+                    env=process_environment(base_env, self._settings.extra_env, environment, path_map),
                     cwd=self.pod_dir,
                     start_new_session=True,
                 )
         except OSError as error:
             message = f"failed to start {argv[0]}: {error}"
             return Terminated(START_ERROR_EXIT_CODE, "StartError", message, started_at, now_rfc3339())
-        LOGGER.info(
-            "%s: started %s (pid %d) on %s: %s", self.key, container["name"], process.pid, self.pod_ip, " ".join(argv)
-        )
-        self._process = process
-        self._view = replace(
-            self._view,
+        LOGGER.info("%s: started %s (pid %d) on %s: %s", self.key, name, process.pid, self.pod_ip, " ".join(argv))
+        self._process, self._process_container = process, name
+        # A running init container has started (it has no probes) and is not ready until it completed.
+        self._set(
+            name,
             state="running",
             started_at=started_at,
-            started=False,
+            started=init,
             ready=False,
             restart_count=restarts,
             pid=process.pid,
         )
         self._write_status()
-        outcome = self._probe_until_exit(container, process)
+        outcome = self._probe_until_exit(container, process, probed=not init)
         if outcome is None:
             return None
         if outcome:  # a startup or liveness probe failed: the kubelet kills the container
@@ -297,13 +360,52 @@ class PodWorker:
         message = termination_message(f"{outcome}\n{tail}" if outcome else tail)
         return Terminated(code, exit_reason(code), message, started_at, now_rfc3339(), f"process://{process.pid}")
 
-    def _probe_until_exit(self, container: Manifest, process: subprocess.Popen[bytes]) -> str | None:
-        """Probe until the process exits ("") or a probe gives up (why); None when the pod is being deleted."""
+    # -- volumes -------------------------------------------------------------------------------
+
+    def _make_volumes(self, spec: Manifest) -> None:
+        for folder in self._volume_folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        unbacked = unbacked_volumes(spec, self._settings.path_map, self._volume_folders)
+        if unbacked:
+            LOGGER.warning(
+                "%s: volumes %s are not emptyDir and no path_map entry covers their mounts: left unmapped",
+                self.key,
+                unbacked,
+            )
+
+    def _path_map(self, container: Manifest) -> dict[str, Path]:
+        """The container's path map: its emptyDir mounts (made now: a subPath may be new) and the static entries."""
+        mounts = container_mount_folders(container, self._volume_folders)
+        for folder in mounts.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return container_path_map(self._settings.path_map, mounts)
+
+    def _remove_volumes(self) -> None:
+        volumes = self.pod_dir / VOLUMES_FOLDER
+        try:
+            shutil.rmtree(volumes)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            LOGGER.warning("%s: removing the pod's volumes in %s failed: %s", self.key, volumes, error)
+            return
+        LOGGER.info("%s: removed the pod's volumes", self.key)
+
+    def _probe_until_exit(self, container: Manifest, process: subprocess.Popen[bytes], *, probed: bool) -> str | None:
+        """Probe until the process exits ("") or a probe gives up (why); None when the pod is being deleted.
+
+        Unless ``probed`` (init containers), only wait for the exit.
+        """
+        name = str(container["name"])
         probes = ContainerProbes.for_container(
-            container, self.pod_ip, time.monotonic(), self._settings.max_probe_period_seconds
+            container if probed else {"name": name},
+            self.pod_ip,
+            time.monotonic(),
+            self._settings.max_probe_period_seconds,
         )
         while True:
-            self._view = replace(self._view, started=probes.started, ready=probes.ready)
+            if probed:
+                self._set(name, started=probes.started, ready=probes.ready)
             self._write_status()
             if process.poll() is not None:
                 return ""
@@ -325,8 +427,11 @@ class PodWorker:
 
     # -- termination ---------------------------------------------------------------------------
 
-    def _terminate_for_deletion(self, container: Manifest) -> None:
-        """preStop, SIGTERM, SIGKILL after the grace period, then the final delete."""
+    def _terminate_for_deletion(self, main: Manifest) -> None:
+        """preStop (of the main container), SIGTERM, SIGKILL after the grace period, then the final delete.
+
+        An init container being run when the deletion came is stopped the same way, without a preStop.
+        """
         process = self._process
         if self._gone:
             self._kill(MIN_KILL_GRACE_SECONDS)
@@ -337,18 +442,19 @@ class PodWorker:
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         deadline = time.monotonic() + float(grace)
         if process is not None and process.poll() is None:
-            self._view = replace(self._view, ready=False)
+            name = self._process_container
+            self._set(name, ready=False)
             self._write_status()
-            self._pre_stop(container, deadline)
+            if name == self._main_name:
+                self._pre_stop(main, deadline)
             if self._shutdown:
                 return
-            LOGGER.info("%s: SIGTERM to pid %d (grace %ss)", self.key, process.pid, grace)
+            LOGGER.info("%s: SIGTERM to %s, pid %d (grace %ss)", self.key, name, process.pid, grace)
             self._kill(max(deadline - time.monotonic(), MIN_KILL_GRACE_SECONDS))
             code = exit_status(process.wait())
-            done = Terminated(
-                code, exit_reason(code), "", self._view.started_at, now_rfc3339(), f"process://{process.pid}"
-            )
-            self._view = replace(self._view, state="terminated", terminated=done, started=False, ready=False)
+            started_at = self._views[name].started_at
+            done = Terminated(code, exit_reason(code), "", started_at, now_rfc3339(), f"process://{process.pid}")
+            self._set(name, state="terminated", terminated=done, started=False, ready=False)
             self._write_status()
         while not self._shutdown:
             try:
@@ -358,6 +464,7 @@ class PodWorker:
                 time.sleep(STATUS_RETRY_SECONDS)
                 continue
             LOGGER.info("%s: deleted", self.key)
+            self._deleted = True
             return
 
     def _pre_stop(self, container: Manifest, deadline: float) -> None:
@@ -402,8 +509,8 @@ class PodWorker:
             host_ip=self._settings.host_ip,
             start_time=self._start_time,
             restart_policy=str(pod["spec"].get("restartPolicy", "Always")),
-            init_containers=self._init_views,
-            containers=[self._view, *self._other_views],
+            init_containers=[self._views[name] for name in self._init_names],
+            containers=[self._views[name] for name in [self._main_name, *self._other_names]],
             unmet_gates=unmet_readiness_gates(pod),
             previous_conditions=self._conditions,
             now=now_rfc3339(),

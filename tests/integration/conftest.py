@@ -3,10 +3,12 @@
 `control_plane`: one real control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK
 pools) per test run. Each module works on `plane`: that shared plane, or a plane of its own when the
 module is marked `pytest.mark.own_plane(KIND)`, whose process-backed pool runs the operator's pods for
-real: "llamacpp" (llama-server on the CPU pool, and Prometheus; `serving_fixtures`) or "vllm" (the vLLM
-stand-in on the GPU pool; `vllm_fixtures`). `assets` are the files such a pool's pods see; `api_client`,
-`crd`, `operator` and `namespace` act on the module's plane. A module changes what differs only:
-`operator_args` (say, a config file), or `assets` extended with more files.
+real: "llamacpp" (llama-server on the CPU pool, and Prometheus; `serving_fixtures`), "vllm" (real `vllm
+serve` on the GPU pool, and Prometheus; `vllm_fixtures`) or "vllm-standin" (the vLLM stand-in there).
+`assets` are what such a pool's pods see, with the local hub their init containers download from;
+`api_client`, `crd`, `operator` and `namespace` act on the module's plane, and the operator's
+`hubEndpoint` is the module's hub. A module changes what differs only: `operator_settings` (more of
+the operator's config file).
 
 Build the binaries first with `hack/build-controlplane.sh`; without them these tests skip.
 """
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
@@ -25,7 +28,7 @@ from tests.integration.operator_process import OperatorProcess, running_operator
 from tests.integration.serving_fixtures import ServingAssets, make_serving_assets, serving_control_plane
 from tests.integration.vllm_fixtures import VllmAssets, make_vllm_assets, vllm_control_plane
 
-OWN_PLANE_KINDS = ("llamacpp", "vllm")
+OWN_PLANE_KINDS = ("llamacpp", "vllm", "vllm-standin")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,7 +65,7 @@ def assets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     kind = own_plane_kind(request)
     if kind == "llamacpp":
         return make_serving_assets(tmp_path_factory.mktemp("serving-assets"))
-    if kind == "vllm":
+    if kind in ("vllm", "vllm-standin"):
         return make_vllm_assets(tmp_path_factory.mktemp("vllm-assets"))
     pytest.fail("assets belong to a plane of the module's own: mark the module with pytest.mark.own_plane(KIND)")
 
@@ -79,7 +82,7 @@ def plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     with (
         serving_control_plane(started_assets, workdir)
         if kind == "llamacpp"
-        else vllm_control_plane(started_assets, workdir)
+        else vllm_control_plane(started_assets, workdir, standin=kind == "vllm-standin")
     ) as started:
         yield started
 
@@ -97,17 +100,28 @@ def crd(api_client: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def operator_args() -> list[str]:
-    """Extra `llama-operator run` arguments; a module overrides this fixture to pass its own."""
-    return []
+def operator_settings() -> dict[str, Any]:
+    """Settings of the operator's config file beyond the hub; a module overrides this fixture to add its own."""
+    return {}
 
 
 @pytest.fixture(scope="module")
 def operator(
-    plane: ControlPlane, api_client: Any, operator_args: list[str], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    plane: ControlPlane,
+    api_client: Any,
+    operator_settings: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """The CRD installed and `llama-operator run` against the module's plane, for the whole module."""
-    with running_operator(plane, api_client, tmp_path_factory.mktemp("operator"), operator_args) as process:
+    """The CRD installed and `llama-operator run` against the module's plane, for the whole module,
+    with a config file: ``operator_settings``, and `hubEndpoint` at the module's hub when it has one."""
+    settings = dict(operator_settings)
+    if own_plane_kind(request) is not None:
+        settings.setdefault("hubEndpoint", request.getfixturevalue("assets").hub.url)
+    log_dir = tmp_path_factory.mktemp("operator")
+    config = log_dir / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    with running_operator(plane, api_client, log_dir, ["--config", str(config)]) as process:
         yield process
 
 

@@ -4,9 +4,10 @@ the operator's llama.cpp pods as real llama-server processes, with a real Promet
 LlamaDeployments for it.
 
 The llama-server binary comes from `hack/build-llama-server.sh` (built here when the cache lacks
-it; the tests skip only when this machine cannot build it), the model and adapters from
-`tiny_models` (written into a temp folder). Pods see them at the paths the operator renders:
-`/app/llama-server`, `/models/<file>.gguf` and `/adapters/<name>/<version>.gguf`.
+it; the tests skip only when this machine cannot build it) and is the pods' `/app/llama-server`. The
+model and adapters come from `tiny_models` (written into a temp folder) and are published on a
+`LocalHub`, the operator's `hubEndpoint`: the rendered init containers download them with curl into
+the pod's `/models/<file>.gguf` and `/adapters/<name>/<version>.gguf`, as they would from the Hub.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.binaries import REPOSITORY_ROOT, expected_bin_dir, missing_binaries
+from llama_operator_dev.local_hub import LocalHub
 from llama_operator_dev.pools import PROCESS_BACKED_LABEL
 from llama_operator_dev.process_kubelet import ProcessBackedConfig
 from llama_operator_dev.prometheus import Prometheus
@@ -39,7 +41,7 @@ from tests.integration.operator_process import OperatorProcess
 
 GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
 LLAMA_SERVER_IN_POD = "/app/llama-server"
-MODEL_FILE = "llama-operator-tiny.gguf"
+MODEL_REPO, ADAPTER_REPO = "llama-operator/tiny-gguf", "llama-operator/tiny-lora-gguf"
 ADAPTER_NAME, ADAPTER_VERSION = "tiny-lora", "v1"
 BUILD_TIMEOUT_SECONDS = 40 * 60
 # Probe the pods at least this often: the rendered periods (10 s startup) are for multi-minute
@@ -49,15 +51,22 @@ PROBE_PERIOD_SECONDS = 0.05
 
 @dataclass(frozen=True)
 class ServingAssets:
-    """The built llama-server and the generated model files, laid out as a pod sees them."""
+    """The built llama-server, the generated model files, and the hub that serves them."""
 
     llama_server: Path
     models: TinyModelSet
-    models_dir: Path  # the pod's /models
-    adapters_dir: Path  # the pod's /adapters: <name>/<version>.gguf
+    hub: LocalHub
 
     def path_map(self) -> dict[str, Path]:
-        return {LLAMA_SERVER_IN_POD: self.llama_server, "/models": self.models_dir, "/adapters": self.adapters_dir}
+        return {LLAMA_SERVER_IN_POD: self.llama_server}
+
+    def model_source(self) -> str:
+        return f"hf://{MODEL_REPO}/{self.models.model.path.name}"
+
+    def adapter_source(self, version: str) -> str:
+        """The hub source of the adapter at ``version``: v1, v2, or v3 (parses as GGUF, llama-server refuses it)."""
+        files = {"v1": self.models.lora_v1, "v2": self.models.lora_v2, "v3": self.models.lora_broken}
+        return f"hf://{ADAPTER_REPO}/{files[version].name}"
 
 
 def built_llama_server() -> Path:
@@ -89,35 +98,35 @@ def make_serving_assets(root: Path) -> ServingAssets:
         pytest.skip("prometheus is not installed (Debian: apt-get install -y prometheus)")
     binary = built_llama_server()
     models = write_tiny_model_set(root / "generated", find_vocab_file(install_dir=binary.parents[1]))
-    models_dir, adapters_dir = root / "models", root / "adapters" / ADAPTER_NAME
-    models_dir.mkdir()
-    adapters_dir.mkdir(parents=True)
-    (models_dir / MODEL_FILE).symlink_to(models.model.path)
-    (adapters_dir / f"{ADAPTER_VERSION}.gguf").symlink_to(models.lora_v1)
-    return ServingAssets(binary, models, models_dir, adapters_dir.parent)
+    hub = LocalHub(root / "hub")
+    hub.publish(MODEL_REPO, models.model.path)
+    for lora in (models.lora_v1, models.lora_v2, models.lora_broken):
+        hub.publish(ADAPTER_REPO, lora)
+    return ServingAssets(binary, models, hub)
 
 
 @contextmanager
 def serving_control_plane(assets: ServingAssets, workdir: Path) -> Iterator[ControlPlane]:
-    """A control plane of its own: the process-backed kubelet and Prometheus (scraping every second)."""
+    """A control plane of its own: the process-backed kubelet, Prometheus (scraping every second) and the hub."""
     config = ProcessBackedConfig(path_map=assets.path_map(), max_probe_period_seconds=PROBE_PERIOD_SECONDS)
     plane = ControlPlane(workdir, process_backed=config, prometheus=True)
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
+    with assets.hub:
+        plane.start()
+        try:
+            yield plane
+        finally:
+            plane.stop()
 
 
 def tiny_llama_deployment(
-    name: str, models: TinyModelSet, *, adapters: bool, extra_args: list[str], max_sequences: int = 1
+    name: str, assets: ServingAssets, *, adapters: bool, extra_args: list[str], max_sequences: int = 1
 ) -> dict[str, Any]:
     """The CPU llama.cpp example (manifests/examples/llama-3.2-3b-gguf-cpu.yaml) for the tiny model.
 
     The tiny model is not in the catalog, so its architecture facts are in the spec; the pods
     select (and tolerate) the process-backed pool, where they run for real.
     """
-    facts = models.model
+    facts = assets.models.model
     parameters = facts.vocab_size * facts.embedding_length + facts.block_count * (
         4 * facts.embedding_length * facts.embedding_length + 3 * facts.embedding_length * facts.feed_forward_length
     )
@@ -134,7 +143,7 @@ def tiny_llama_deployment(
                 "parametersBillions": round(parameters / 1e9, 6),
                 "tiedEmbeddings": True,
             },
-            "source": f"https://models.example.invalid/{MODEL_FILE}",
+            "source": assets.model_source(),
             "format": "gguf",
             "quantization": "f16",
             "contextLength": 1024,
@@ -151,7 +160,7 @@ def tiny_llama_deployment(
         spec["adapters"] = [
             {
                 "name": ADAPTER_NAME,
-                "source": f"https://models.example.invalid/{ADAPTER_NAME}-{ADAPTER_VERSION}.gguf",
+                "source": assets.adapter_source(ADAPTER_VERSION),
                 "version": ADAPTER_VERSION,
             }
         ]

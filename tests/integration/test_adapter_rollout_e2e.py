@@ -13,7 +13,6 @@ from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import (
-    ADAPTER_NAME,
     GROUP,
     PLURAL,
     VERSION,
@@ -32,18 +31,9 @@ ROLLOUT_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def assets(assets: ServingAssets) -> ServingAssets:
-    """conftest's model and adapter v1, plus v2 and a broken v3 of the adapter."""
-    versions = assets.adapters_dir / ADAPTER_NAME
-    (versions / "v2.gguf").symlink_to(assets.models.lora_v2)
-    (versions / "v3.gguf").symlink_to(assets.models.lora_broken)  # parses, but llama-server refuses to load it
-    return assets
-
-
-@pytest.fixture(scope="module")
 def deployed(api_client: Any, operator: OperatorProcess, assets: ServingAssets) -> str:
     namespace = create_namespace(api_client)
-    manifest = tiny_llama_deployment(NAME, assets.models, adapters=True, extra_args=CHAT_TEMPLATE_ARGS, max_sequences=2)
+    manifest = tiny_llama_deployment(NAME, assets, adapters=True, extra_args=CHAT_TEMPLATE_ARGS, max_sequences=2)
     manifest["spec"]["replicas"] = REPLICAS
     manifest["spec"]["adapterRollout"] = {
         "canaryReplicas": 1,
@@ -70,13 +60,10 @@ def wait_rollout(api_client: Any, namespace: str, check: Any, what: str, operato
     )
 
 
-def set_version(api_client: Any, namespace: str, version: str) -> None:
+def set_version(api_client: Any, namespace: str, version: str, assets: ServingAssets) -> None:
+    """The adapter at ``version`` from the hub: v2, or v3 (parses, but llama-server refuses to load it)."""
     adapters = get(api_client, namespace)["spec"]["adapters"]
-    adapters[0] = {
-        **adapters[0],
-        "version": version,
-        "source": f"https://models.example.invalid/{ADAPTER_NAME}-{version}.gguf",
-    }
+    adapters[0] = {**adapters[0], "version": version, "source": assets.adapter_source(version)}
     kube_client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"adapters": adapters}}
     )
@@ -118,7 +105,7 @@ class PodCounter(threading.Thread):
 
 
 def test_swap_under_load_with_an_operator_killed_at_every_step(
-    api_client: Any, deployed: str, operator: OperatorProcess
+    api_client: Any, deployed: str, operator: OperatorProcess, assets: ServingAssets
 ) -> None:
     namespace = deployed
     counter = PodCounter(api_client, namespace)
@@ -126,7 +113,7 @@ def test_swap_under_load_with_an_operator_killed_at_every_step(
     with Load(api_client, namespace, NAME, chat_with_adapter, clients=2, max_seconds=150) as load:
         poll_until(lambda: True if load.result.total >= 5 else None, 30, "the load to be flowing")
         operator.kill()  # step 1: the spec changes while no operator runs
-        set_version(api_client, namespace, "v2")
+        set_version(api_client, namespace, "v2", assets)
         operator.start()
         canary = wait_rollout(api_client, namespace, lambda r: r.get("step") == "Canary", "the canary step", operator)
         operator.kill()  # step 2: killed while the canary waits for its smoke request
@@ -156,14 +143,14 @@ def test_swap_under_load_with_an_operator_killed_at_every_step(
 
 
 def test_broken_adapter_rolls_back_by_itself_and_is_not_retried(
-    api_client: Any, deployed: str, operator: OperatorProcess
+    api_client: Any, deployed: str, operator: OperatorProcess, assets: ServingAssets
 ) -> None:
     namespace = deployed
     before = (get(api_client, namespace).get("status") or {}).get("adapterRollout") or {}
     last_good = [f"{a['name']}@{a['version']}" for a in before.get("serving", [])]
     with Load(api_client, namespace, NAME, chat_with_adapter, clients=2, max_seconds=150) as load:
         poll_until(lambda: True if load.result.total >= 5 else None, 30, "the load to be flowing")
-        set_version(api_client, namespace, "v3")
+        set_version(api_client, namespace, "v3", assets)
         rolled = wait_rollout(api_client, namespace, lambda r: r.get("phase") == "RolledBack", "the rollback", operator)
 
         def only_last_good() -> bool | None:

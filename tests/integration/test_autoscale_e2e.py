@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
@@ -25,18 +24,14 @@ SCALE_DOWN_WINDOW = 8
 
 
 @pytest.fixture(scope="module")
-def operator_args(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def operator_settings(plane: ControlPlane) -> dict[str, Any]:
     """The operator reads the plane's Prometheus (the `prometheusUrl` of its config file)."""
     assert plane.prometheus is not None
-    config = tmp_path_factory.mktemp("operator-config") / "config.yaml"
-    config.write_text(yaml.safe_dump({"prometheusUrl": plane.prometheus.url}))
-    return ["--config", str(config)]
+    return {"prometheusUrl": plane.prometheus.url}
 
 
 def autoscaled(assets: ServingAssets) -> dict[str, Any]:
-    manifest = tiny_llama_deployment(
-        NAME, assets.models, adapters=False, extra_args=CHAT_TEMPLATE_ARGS, max_sequences=1
-    )
+    manifest = tiny_llama_deployment(NAME, assets, adapters=False, extra_args=CHAT_TEMPLATE_ARGS, max_sequences=1)
     manifest["spec"]["autoscaling"] = {
         "enabled": True,
         "minReplicas": 1,

@@ -31,7 +31,6 @@ from tests.integration.serving_fixtures import (
     ADAPTER_NAME,
     ADAPTER_VERSION,
     GROUP,
-    MODEL_FILE,
     PLURAL,
     VERSION,
     ServingAssets,
@@ -116,7 +115,7 @@ def served(
     plane: ControlPlane,
 ) -> ServedDeployment:
     """The tiny CPU example, reconciled by the operator, Ready, with its one pod."""
-    manifest = tiny_llama_deployment(NAME, assets.models, adapters=True, extra_args=CHAT_TEMPLATE_ARGS)
+    manifest = tiny_llama_deployment(NAME, assets, adapters=True, extra_args=CHAT_TEMPLATE_ARGS)
     kube_client.CustomObjectsApi(api_client).create_namespaced_custom_object(
         GROUP, VERSION, serving_namespace, PLURAL, manifest
     )
@@ -178,7 +177,7 @@ def test_the_rendered_pod_runs_llama_server_and_serves_a_chat_completion(
     assert reply["model"] == served.name
 
 
-def test_the_server_runs_with_the_args_sizing_rendered(served: ServedDeployment) -> None:
+def test_the_server_runs_with_the_args_sizing_rendered(served: ServedDeployment, assets: ServingAssets) -> None:
     ctx_size, parallel = int(flag(served.args, "--ctx-size")), int(flag(served.args, "--parallel"))
     assert (flag(served.args, "--host"), flag(served.args, "--port")) == (WILDCARD, "8080")
     assert "--metrics" in served.args
@@ -193,7 +192,16 @@ def test_the_server_runs_with_the_args_sizing_rendered(served: ServedDeployment)
     assert metrics.status_code == httpx.codes.OK
     assert "llamacpp:requests_deferred" in metrics.text
     assert props["model_alias"] == served.name
-    assert Path(props["model_path"]).name == MODEL_FILE
+    assert Path(props["model_path"]).name == assets.models.model.path.name
+
+    # The init containers downloaded the model and the adapter from the hub into the pod's volumes.
+    statuses = {s.name: s.state.terminated for s in served.pod.status.init_container_statuses}
+    assert {name: done.exit_code for name, done in statuses.items()} == {
+        "fetch-model": 0,
+        f"fetch-adapter-{ADAPTER_NAME}": 0,
+    }
+    model_key = assets.model_source().removeprefix("hf://")
+    assert assets.hub.downloads().get(model_key, 0) >= 1, assets.hub.downloads()
 
     # The process runs exactly the rendered args: only the wildcard host and pod paths are mapped.
     (container,) = served.pod.status.container_statuses
@@ -283,7 +291,7 @@ def test_the_adapter_is_rendered_listed_and_served(served: ServedDeployment) -> 
 def test_a_broken_rendering_ends_degraded_with_the_servers_own_error(
     api_client: Any, assets: ServingAssets, serving_namespace: str, operator: OperatorProcess
 ) -> None:
-    manifest = tiny_llama_deployment(BROKEN_NAME, assets.models, adapters=False, extra_args=["--definitely-not-a-flag"])
+    manifest = tiny_llama_deployment(BROKEN_NAME, assets, adapters=False, extra_args=["--definitely-not-a-flag"])
     kube_client.CustomObjectsApi(api_client).create_namespaced_custom_object(
         GROUP, VERSION, serving_namespace, PLURAL, manifest
     )

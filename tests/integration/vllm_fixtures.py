@@ -1,17 +1,24 @@
 """Building blocks of the vLLM tests' fixtures: a control plane whose `gpu-24gb-real` pool runs the
-operator's vLLM pods as the vLLM stand-in (tests/standins/vllm_openai.py; conftest's `assets` and
-`plane` for modules marked `pytest.mark.own_plane("vllm")`), and LlamaDeployments for it.
+operator's vLLM pods as REAL `vllm serve` processes (conftest's `assets` and `plane` for modules marked
+`pytest.mark.own_plane("vllm")`), and LlamaDeployments for it.
 
-vLLM needs a GPU; the stand-in follows vLLM's documented HTTP contract instead. Pods of the
-process-backed GPU pool (tests/integration/pools-with-gpu-processes.yaml) run `vllm serve ...` as
-rendered, with `vllm` mapped to the stand-in's wrapper script and `/models/model` to a local
-folder. Hub adapters (`hf://org/support-v1` -> lora_path `org/support-v1`) resolve under
-`STANDIN_HUB_DIR`, where `make_vllm_assets` writes `org/support-v1`, `org/support-v2` (different
-weights) and `org/support-v3` (broken: vLLM's 400 on load).
+The pods run what the operator rendered, unmodified: the init container downloads the model with
+`huggingface_hub.snapshot_download` from the operator's `hubEndpoint`, here a `LocalHub` on loopback
+that serves the tiny generated Llama under the example's repository id (`meta-llama/Llama-3.1-8B-Instruct`)
+and the PEFT adapters `org/support-v1`, `org/support-v2` and the broken `org/support-v3`; then
+`vllm serve /models/model ...` starts with the example's sizing flags. The pool's "image" is the vLLM
+runtime venv (`hack/build-vllm-runtime.sh`): its `bin/` comes first on the pods' PATH, so `vllm` and
+`python3` (with huggingface_hub) are the runtime's. What the CPU backend needs on top is in the test
+manifests (`spec.engine.extraArgs` and `env`), as a user would write it, not in the renderer.
+
+Modules marked `own_plane("vllm-standin")` get the same pool and hub with `vllm` mapped to the vLLM
+stand-in (tests/standins/vllm_openai.py), for the one fault real vLLM cannot be made to show.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,115 +27,123 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
+from llama_operator_dev.local_hub import LocalHub
 from llama_operator_dev.pools import PROCESS_BACKED_LABEL
 from llama_operator_dev.process_kubelet import ProcessBackedConfig
 from llama_operator_dev.prometheus import Prometheus
+from llama_operator_dev.tiny_hf_models import TinyHfModelSet, write_tiny_hf_model_set
+from llama_operator_dev.vllm_runtime import VLLM_RUNTIME_BUILD_SCRIPT, vllm_python
 from tests.integration.cluster_setup import skip_without_binaries
 from tests.integration.serving_fixtures import GROUP, PROBE_PERIOD_SECONDS, VERSION
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 POOLS_FILE = Path(__file__).with_name("pools-with-gpu-processes.yaml")
-VLLM_WRAPPER = REPOSITORY_ROOT / "tests" / "standins" / "vllm"
-VLLM_COMMAND_IN_POD = "vllm"
-MODEL_IN_POD = "/models/model"  # where the operator puts a non-GGUF hub model for vLLM
+EXAMPLE = REPOSITORY_ROOT / "manifests" / "examples" / "llama-3.1-8b-vllm-24gb.yaml"
 VLLM_PORT = 8000
 GPU_POOL = "gpu-24gb-real"
-# org/<repo> -> the adapter's weights; v3 is what vLLM refuses to load (400).
-HUB_ADAPTERS = {
-    "org/support-v1": b"support adapter, version 1",
-    "org/support-v2": b"support adapter, version 2",
-    "org/support-v3": b"BROKEN support adapter, version 3",
-}
+STANDIN_WRAPPER = REPOSITORY_ROOT / "tests" / "standins" / "vllm"
+ADAPTER_REPOS = {"v1": "org/support-v1", "v2": "org/support-v2", "v3": "org/support-v3"}  # v3: broken
+# vLLM on CPU: the KV cache sized explicitly (else a share of host RAM), one process instead of three,
+# threads left to the OS (2 cores). As a user would set them, in the manifest.
+CPU_EXTRA_ARGS = ["--kv-cache-memory-bytes", str(64 * 1024 * 1024), "--distributed-executor-backend", "uni"]
+CPU_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# A pod start: the model download, then vLLM's start (30-60 s on 2 busy cores).
+POD_READY_SECONDS = 240
 
 
 @dataclass(frozen=True)
 class VllmAssets:
-    """What the stand-in pods see: the model folder and the hub of adapters."""
+    """The vLLM runtime the pods run, the tiny model set, and the hub that serves it."""
 
-    model_dir: Path  # the pod's /models/model
-    hub_dir: Path  # STANDIN_HUB_DIR: org/support-v1, org/support-v2, org/support-v3 (PEFT folders)
+    runtime_bin: Path  # the runtime venv's bin/: vllm, python3
+    models: TinyHfModelSet
+    hub: LocalHub
 
-    def path_map(self) -> dict[str, Path]:
-        return {VLLM_COMMAND_IN_POD: VLLM_WRAPPER, MODEL_IN_POD: self.model_dir}
+    def node_env(self) -> dict[str, str]:
+        """What the pool's nodes add to every pod process: the runtime first on PATH (the image's tools)."""
+        return {"PATH": f"{self.runtime_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
-    def pod_env(self, delay_seconds: float) -> dict[str, str]:
-        """The env the process-backed kubelet adds to every pod process (the pod's own env wins)."""
-        return {
-            "STANDIN_HUB_DIR": str(self.hub_dir),
-            "STANDIN_DELAY_SECONDS": str(delay_seconds),
-            "PYTHON": sys.executable,
-        }
-
-
-def write_hub_adapter(hub_dir: Path, repo: str, weights: bytes) -> Path:
-    """A PEFT adapter folder ``hub_dir/<org>/<repo>`` (config and weights), as the hub would serve it."""
-    folder = hub_dir / repo
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "lora_alpha": 16}\n')
-    (folder / "adapter_model.safetensors").write_bytes(weights)
-    return folder
+    def standin_env(self) -> dict[str, str]:
+        """For stand-in pods: hub adapters resolve in the hub's folder (vLLM would download them)."""
+        return {**self.node_env(), "STANDIN_HUB_DIR": str(self.hub.root), "PYTHON": sys.executable}
 
 
 def make_vllm_assets(root: Path) -> VllmAssets:
-    """Skip when this machine lacks the control-plane binaries; write the model folder and the hub."""
+    """Skip when this machine lacks the control-plane binaries or the vLLM runtime; write the models."""
     skip_without_binaries()
-    model_dir, hub_dir = root / "model", root / "hub"
-    model_dir.mkdir(parents=True)
-    (model_dir / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}\n')
-    for repo, weights in HUB_ADAPTERS.items():
-        write_hub_adapter(hub_dir, repo, weights)
-    return VllmAssets(model_dir, hub_dir)
+    python = vllm_python()
+    if python is None:
+        pytest.skip(f"the vLLM runtime is not built: run {VLLM_RUNTIME_BUILD_SCRIPT} (or make vllmruntime)")
+    models = write_tiny_hf_model_set(root / "models")
+    hub = LocalHub(root / "hub")
+    hub.publish("meta-llama/Llama-3.1-8B-Instruct", models.model_dir)
+    hub.publish(ADAPTER_REPOS["v1"], models.lora_v1)
+    hub.publish(ADAPTER_REPOS["v2"], models.lora_v2)
+    hub.publish(ADAPTER_REPOS["v3"], models.lora_broken)
+    return VllmAssets(python.parent, models, hub)
 
 
 @contextmanager
-def vllm_control_plane(
-    assets: VllmAssets, workdir: Path, *, prometheus: bool = False, delay_seconds: float = 0.05
-) -> Iterator[ControlPlane]:
-    """A control plane of its own with the process-backed GPU pool (and Prometheus, if asked).
+def vllm_control_plane(assets: VllmAssets, workdir: Path, *, standin: bool = False) -> Iterator[ControlPlane]:
+    """A control plane of its own with the process-backed GPU pool, the hub and Prometheus.
 
-    ``delay_seconds``: how long each chat completion stays in flight in the stand-in.
+    ``standin``: `vllm` is the stand-in (the model still downloads from the hub, as rendered).
     """
-    if prometheus and not Prometheus.available():
+    if not Prometheus.available():
         pytest.skip("prometheus is not installed (Debian: apt-get install -y prometheus)")
-    config = ProcessBackedConfig(
-        path_map=assets.path_map(),
-        extra_env=assets.pod_env(delay_seconds),
-        max_probe_period_seconds=PROBE_PERIOD_SECONDS,
-    )
-    plane = ControlPlane(workdir, POOLS_FILE, process_backed=config, prometheus=prometheus)
-    plane.start()
+    config = (
+        ProcessBackedConfig(path_map={"vllm": STANDIN_WRAPPER}, extra_env=assets.standin_env(),
+                            max_probe_period_seconds=PROBE_PERIOD_SECONDS)
+        if standin
+        else ProcessBackedConfig(path_map={}, extra_env=assets.node_env(), max_probe_period_seconds=1.0)
+    )  # fmt: skip
+    plane = ControlPlane(workdir, POOLS_FILE, process_backed=config, prometheus=not standin)
+    assets.hub.start()
     try:
-        yield plane
+        plane.start()
+        try:
+            yield plane
+        finally:
+            plane.stop()
     finally:
-        plane.stop()
+        assets.hub.stop()
 
 
-def vllm_llama_deployment(name: str, *, adapters: list[dict[str, Any]], replicas: int) -> dict[str, Any]:
-    """Llama 3.1 8B on vLLM for gpu-24gb, sent to the process-backed GPU pool.
+def vllm_llama_deployment(
+    name: str, *, adapters: list[dict[str, Any]], replicas: int, tool_calling: bool = False
+) -> dict[str, Any]:
+    """The vLLM example (Llama 3.1 8B on one 24 GB GPU) as a user would adapt it to this pool: its
+    pods select the process-backed GPU nodes, the CPU backend's settings go in `extraArgs`/`env`,
+    and the context is shortened to 4096 (the tiny model knows 8192 positions; 4096 keeps the KV small).
 
-    ``adapters``: hub adapters, e.g. ``{"name": "support", "source": "hf://org/support-v1", "version": "v1"}``.
+    ``adapters``: e.g. ``[support_adapter("v1")]``.
     """
-    spec: dict[str, Any] = {
-        "replicas": replicas,
-        "model": {
-            "catalogName": "llama-3.1-8b",
-            "source": "hf://meta-llama/Llama-3.1-8B-Instruct",
-            "contextLength": 4096,
-        },
-        "engine": {"type": "vllm"},
-        "placement": {"gpuClass": "gpu-24gb"},
-        "serving": {"maxConcurrentSequences": 2},
-        "scheduling": {
-            "nodeSelector": {PROCESS_BACKED_LABEL: "true"},
-            "tolerations": [{"key": PROCESS_BACKED_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-        },
+    manifest: dict[str, Any] = copy.deepcopy(yaml.safe_load(EXAMPLE.read_text()))
+    manifest["metadata"] = {"name": name}
+    spec = manifest["spec"]
+    spec.pop("hubTokenSecretRef", None)  # the local hub needs no token
+    spec["replicas"] = replicas
+    spec["model"]["contextLength"] = 4096
+    spec["engine"]["extraArgs"] = list(CPU_EXTRA_ARGS)
+    spec["engine"]["env"] = [{"name": key, "value": value} for key, value in sorted(CPU_ENV.items())]
+    spec["serving"]["toolCalling"] = tool_calling
+    spec["scheduling"] = {
+        "nodeSelector": {PROCESS_BACKED_LABEL: "true"},
+        "tolerations": [{"key": PROCESS_BACKED_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
     }
     if adapters:
         spec["adapters"] = adapters
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LlamaDeployment", "metadata": {"name": name}, "spec": spec}
+    assert manifest["apiVersion"] == f"{GROUP}/{VERSION}"
+    return manifest
+
+
+def support_adapter(version: str) -> dict[str, str]:
+    """The `support` adapter at ``version`` (v1, v2, or the broken v3), from the hub."""
+    return {"name": "support", "source": f"hf://{ADAPTER_REPOS[version]}", "version": version}
 
 
 def vllm_pod_urls(api_client: Any, namespace: str, name: str) -> dict[str, str]:

@@ -199,7 +199,9 @@ class TestPodShape:
         hub_adapter = {"name": "support", "source": "hf://org/support", "version": "v1"}
         vllm_pod = children(spec(adapters=[hub_adapter]), hub_endpoint=mirror)[0]["spec"]["template"]["spec"]
         (fetch,) = vllm_pod["initContainers"]
-        assert "snapshot_download(repo_id='meta-llama/Llama-3.1-8B-Instruct'" in " ".join(shlex.split(fetch["command"][2]))
+        assert "snapshot_download(repo_id='meta-llama/Llama-3.1-8B-Instruct'" in " ".join(
+            shlex.split(fetch["command"][2])
+        )
         assert {"name": "HF_ENDPOINT", "value": mirror} in fetch["env"]
         # The hub adapter loads at run time: vLLM downloads it from the same mirror.
         assert {"name": "HF_ENDPOINT", "value": mirror} in vllm_pod["containers"][0]["env"]
@@ -212,6 +214,22 @@ class TestPodShape:
 
         default = children(spec())[0]["spec"]["template"]["spec"]["initContainers"][0]
         assert {"name": "HF_ENDPOINT", "value": "https://huggingface.co"} in default["env"]
+
+    def test_a_pvc_adapter_is_mounted_where_the_engine_reads_it(self) -> None:
+        adapters = [{"name": "sql", "source": "pvc://team.adapters/sql/v7", "version": "v7"},
+                    {"name": "support", "source": "hf://org/support", "version": "v1"}]  # fmt: skip
+        s = spec(adapters=adapters, engine={"type": "vllm", "extraArgs": []})
+        pod = children(s)[0]["spec"]["template"]["spec"]
+        engine = pod["containers"][0]
+        # With a pvc:// adapter in the set, every adapter comes with the pod (not through vLLM's runtime API).
+        assert "support=/adapters/support/v1" in engine["args"]
+        assert {"name": "adapters-team-adapters", "persistentVolumeClaim": {"claimName": "team.adapters",
+                "readOnly": True}} in pod["volumes"]  # fmt: skip
+        mount = next(m for m in engine["volumeMounts"] if m["name"] == "adapters-team-adapters")
+        assert mount == {"name": "adapters-team-adapters", "mountPath": "/adapters/sql/v7", "readOnly": True,
+                         "subPath": "sql/v7"}  # fmt: skip
+        assert "sql=/adapters/sql/v7" in engine["args"]
+        assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-adapter-support"]
 
     def test_a_quote_in_a_source_stays_inside_the_download_script(self) -> None:
         file_name = "a';touch${IFS}/tmp/owned;echo'.gguf"

@@ -68,7 +68,8 @@ class EngineInput:
     decision: SizingDecision
     images: EngineImages = field(default_factory=EngineImages)
     adapters: tuple[Adapter, ...] = ()  # the set the pods serve (during a rollout: the canary's)
-    hub_endpoint: str = DEFAULT_HUB_ENDPOINT  # where hf:// sources are downloaded from (a mirror in air-gapped clusters)
+    # Where hf:// sources are downloaded from (a mirror in air-gapped clusters).
+    hub_endpoint: str = DEFAULT_HUB_ENDPOINT
 
     @property
     def engine(self) -> Engine:

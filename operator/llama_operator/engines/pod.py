@@ -74,6 +74,11 @@ def model_path(inp: EngineInput) -> str:
     return posixpath.join(MODEL_MOUNT, "model")
 
 
+def adapter_claim_volume(claim: str) -> str:
+    """The pod volume of a claim that holds adapters (a claim name is a valid volume name)."""
+    return f"adapters-{claim.replace('.', '-')}"[:63].rstrip("-")
+
+
 def adapter_path(inp: EngineInput, name: str, version: str) -> str:
     """Where an adapter lands: one GGUF file for llama.cpp, a PEFT folder for vLLM and TGI."""
     base = posixpath.join(ADAPTER_MOUNT, name, version)
@@ -163,6 +168,12 @@ def model_volumes(inp: EngineInput) -> list[Manifest]:
     volumes = [model]
     if inp.pod_adapters:
         volumes.append({"name": "adapters", "emptyDir": {"sizeLimit": "10Gi"}})
+    claims = sorted(
+        {split_source(a.source)[1].split("/", 1)[0] for a in inp.pod_adapters if a.source.startswith("pvc://")}
+    )
+    volumes += [
+        {"name": adapter_claim_volume(c), "persistentVolumeClaim": {"claimName": c, "readOnly": True}} for c in claims
+    ]
     if inp.gpus_per_pod > 1:  # NCCL and the engines' worker queues use /dev/shm across TP ranks
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
     return volumes
@@ -172,6 +183,12 @@ def volume_mounts(inp: EngineInput) -> list[Manifest]:
     mounts = [{"name": "models", "mountPath": MODEL_MOUNT, "readOnly": inp.spec.model.source.startswith("pvc://")}]
     if inp.pod_adapters:
         mounts.append({"name": "adapters", "mountPath": ADAPTER_MOUNT})
+    for adapter in inp.pod_adapters:  # a pvc:// adapter is its claim's folder (or file), mounted where the engine looks
+        if adapter.source.startswith("pvc://"):
+            claim, _, sub_path = split_source(adapter.source)[1].partition("/")
+            mount = {"name": adapter_claim_volume(claim), "mountPath": adapter_path(inp, adapter.name, adapter.version),
+                     "readOnly": True}  # fmt: skip
+            mounts.append({**mount, "subPath": sub_path} if sub_path else mount)
     if inp.gpus_per_pod > 1:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # noqa: S108 - a mount point, not a temp file
     return mounts
