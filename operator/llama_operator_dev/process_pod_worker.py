@@ -27,30 +27,30 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from llama_operator_dev.process_kubelet_api import API_ERRORS, HTTP_NOT_FOUND, KubeletApi
-from llama_operator_dev.process_pods import (
-    CRASH_LOOP_BACK_OFF,
-    UNSUPPORTED_REASON,
+from llama_operator_dev.process_pod_paths import (
     VOLUMES_FOLDER,
-    ContainerView,
-    Terminated,
     container_command,
     container_environment,
     container_mount_folders,
     container_path_map,
-    crashes_after_exit,
-    exit_reason,
-    is_sidecar,
-    pod_status,
     pod_volume_folders,
     process_environment,
+    unbacked_volumes,
+)
+from llama_operator_dev.process_pods import (
+    CRASH_LOOP_BACK_OFF,
+    Terminated,
+    crashes_after_exit,
+    exit_reason,
+    initial_views,
+    is_sidecar,
+    pod_status,
     restart_backoff_seconds,
     should_restart,
     should_restart_init,
     sidecar_refused,
     termination_message,
-    unbacked_volumes,
     unmet_readiness_gates,
-    waiting_for_init,
 )
 from llama_operator_dev.process_probes import ContainerProbes, ProbeKind, probe_target, run_probe
 from llama_operator_dev.processes import signal_group, tail_lines
@@ -96,28 +96,6 @@ class WorkerSettings:
     termination_message_lines: int
     stop_grace_seconds: float
     extra_env: dict[str, str] = field(default_factory=dict)
-
-
-def initial_views(spec: Manifest) -> dict[str, ContainerView]:
-    """Every container's status before anything ran, by name: init containers and the first container
-    wait for the init containers, the other containers are not run here."""
-    init = spec.get("initContainers") or []
-    main, *others = spec["containers"]
-    views = {str(c["name"]): waiting_for_init(c) for c in init}
-    views[str(main["name"])] = (
-        waiting_for_init(main)
-        if init
-        else ContainerView(name=str(main["name"]), image=str(main.get("image", "")), state="waiting")
-    )
-    for other in others:
-        views[str(other["name"])] = ContainerView(
-            name=str(other["name"]),
-            image=str(other.get("image", "")),
-            state="waiting",
-            reason=UNSUPPORTED_REASON,
-            message="the process-backed kubelet runs the first container of a pod only",
-        )
-    return views
 
 
 class PodWorker:

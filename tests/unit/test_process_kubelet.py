@@ -18,33 +18,36 @@ from llama_operator_dev.local_hub import LocalHub
 from llama_operator_dev.pools import kwok_node_selector
 from llama_operator_dev.process_kubelet import ProcessBackedConfig
 from llama_operator_dev.process_kubelet_api import KubeletApi
-from llama_operator_dev.process_pod_worker import PodWorker, WorkerSettings, initial_views
-from llama_operator_dev.process_pods import (
-    ContainerView,
-    LoopbackAllocator,
-    Terminated,
+from llama_operator_dev.process_pod_paths import (
     container_command,
     container_environment,
     container_mount_folders,
     container_path_map,
-    crashes_after_exit,
     expand_references,
-    is_sidecar,
-    kubelet_conditions,
     map_pod_path,
     map_pod_text,
+    pod_volume_folders,
+    process_environment,
+    rewrite_args,
+    unbacked_volumes,
+)
+from llama_operator_dev.process_pod_worker import PodWorker, WorkerSettings
+from llama_operator_dev.process_pods import (
+    ContainerView,
+    LoopbackAllocator,
+    Terminated,
+    crashes_after_exit,
+    initial_views,
+    is_sidecar,
+    kubelet_conditions,
     node_lease,
     pod_phase,
     pod_status,
-    pod_volume_folders,
-    process_environment,
     restart_backoff_seconds,
-    rewrite_args,
     should_restart,
     should_restart_init,
     sidecar_refused,
     termination_message,
-    unbacked_volumes,
     unmet_readiness_gates,
     waiting_for_init,
 )

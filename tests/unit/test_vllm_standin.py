@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llama_operator_dev.process_pods import container_command, process_environment
+from llama_operator_dev.process_pod_paths import container_command, process_environment
 from tests.standins.vllm_openai import ServeOptions, StandinUsageError, parse_serve_args
 
 ROOT = Path(__file__).resolve().parents[2]
