@@ -13,13 +13,17 @@ from llama_operator.api.spec import Adapter, SmokeRequest
 ADAPTER = Adapter(name="support", source="hf://org/support", version="v2")
 
 
-def chat_server(replies: dict[str, str], status: int = 200) -> httpx.AsyncClient:
-    """Chat completions whose content depends on the requested model (TGI/vLLM select adapters by it)."""
+def chat_server(replies: dict[str, str], status: int = 200, completion_tokens: int | None = None) -> httpx.AsyncClient:
+    """Chat completions whose content depends on the requested model (TGI/vLLM select adapters by it);
+    with ``completion_tokens``, a `usage` block as the engines send it."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         text = replies.get(body["model"], "")
-        return httpx.Response(status, json={"choices": [{"message": {"role": "assistant", "content": text}}]})
+        answer: dict[str, object] = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+        if completion_tokens is not None:
+            answer["usage"] = {"completion_tokens": completion_tokens}
+        return httpx.Response(status, json=answer)
 
     return httpx.AsyncClient(transport=httpx.MockTransport(handle))
 
@@ -60,3 +64,11 @@ def test_empty_reply_fails() -> None:
     passed, message = run("vllm", chat_server({"support": "   "}))
     assert not passed
     assert "no tokens" in message
+    passed, message = run("vllm", chat_server({"support": ""}, completion_tokens=0))
+    assert not passed
+    assert "no tokens" in message
+
+
+def test_a_reply_of_generated_whitespace_passes() -> None:
+    """A small or random model may generate whitespace only; the engine's usage says it generated."""
+    assert run("vllm", chat_server({"support": " \n "}, completion_tokens=4))[0]

@@ -29,6 +29,16 @@ def _chat_body(smoke: SmokeRequest, model: str) -> dict[str, Any]:
     }
 
 
+def _completion_tokens(response: httpx.Response) -> int:
+    """Tokens the engine generated (its `usage`); 0 when it does not say. A model may well answer with
+    whitespace tokens (a small or random one often does): generating is what the smoke request checks."""
+    try:
+        usage = response.json().get("usage") or {}
+        return int(usage.get("completion_tokens") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
 def _reply_text(response: httpx.Response) -> str:
     try:
         choices = response.json().get("choices") or []
@@ -49,7 +59,7 @@ async def _ask(http: httpx.AsyncClient, url: str, body: dict[str, Any], smoke: S
             False, f"{label}: HTTP {response.status_code} (expected {smoke.expected_status}): {response.text[:200]}"
         )
     text = _reply_text(response)
-    if smoke.expected_status == httpx.codes.OK and not text.strip():
+    if smoke.expected_status == httpx.codes.OK and not text.strip() and _completion_tokens(response) < 1:
         return SmokeResult(False, f"{label}: the reply has no tokens")
     if smoke.expected_substring is not None and smoke.expected_substring not in text:
         return SmokeResult(False, f"{label}: the reply {text[:120]!r} lacks {smoke.expected_substring!r}")
