@@ -35,6 +35,13 @@ def routable_pods(api_client: Any, namespace: str, name: str) -> list[str]:
     return urls
 
 
+def generated(reply: dict[str, Any]) -> bool:
+    """A chat completion with generated tokens: text, or (a tiny random model often emits whitespace or an
+    end token at once) the engine's own count of completion tokens."""
+    text = reply["choices"][0]["message"]["content"]
+    return bool(text) or int((reply.get("usage") or {}).get("completion_tokens") or 0) >= 1
+
+
 @dataclass
 class LoadResult:
     succeeded: Counter[str] = field(default_factory=Counter)  # per pod URL
@@ -112,7 +119,7 @@ class Load:
                         self.result.first_sent = time.time()
                 try:
                     response = http.post(f"{url}/v1/chat/completions", json=self.body())
-                    ok = response.status_code == 200 and bool(response.json()["choices"][0]["message"]["content"])
+                    ok = response.status_code == 200 and generated(response.json())
                     detail = f"{url}: HTTP {response.status_code} {response.text[:120]}"
                 except (httpx.HTTPError, ValueError, KeyError, IndexError) as error:
                     ok, detail = False, f"{url}: {error.__class__.__name__}: {error}"

@@ -5,8 +5,10 @@ back by itself, and a pod that restarts gets the adapters before it takes traffi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client as kube_client
 
@@ -14,7 +16,13 @@ from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, get_llamadeployment, wait_adapter_rollout
-from tests.integration.vllm_fixtures import POD_READY_SECONDS, support_adapter, vllm_llama_deployment
+from tests.integration.vllm_fixtures import (
+    ADAPTER_REPOS,
+    POD_READY_SECONDS,
+    support_adapter,
+    vllm_llama_deployment,
+    vllm_pod_urls,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_plane("vllm")]
 
@@ -71,8 +79,25 @@ def chat_by_adapter_name() -> dict[str, Any]:
     return {"model": "support", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}
 
 
+def test_the_first_set_is_loaded_at_run_time_and_answers(
+    api_client: Any, deployed: str, evidence: Callable[[str], None]
+) -> None:
+    """The operator loaded v1 into each running pod through vLLM's API; vLLM downloaded it from the hub."""
+    namespace = deployed
+    assert set(pods(api_client, namespace).values()) == {"support@v1"}
+    for pod, url in sorted(vllm_pod_urls(api_client, namespace, NAME).items()):
+        models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+        adapter_card = next(m for m in models if m["id"] == "support")
+        assert (adapter_card["parent"], adapter_card["root"]) == (NAME, ADAPTER_REPOS["v1"])
+        reply = httpx.post(f"{url}/v1/chat/completions", json=chat_by_adapter_name(), timeout=60)
+        evidence(f"{pod}: runtime-loaded adapter {adapter_card}; chat with model 'support': "
+                 f"{reply.status_code} {reply.text[:200]}")  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == "support"
+
+
 def test_swap_loads_pod_by_pod_without_restarts_or_failed_requests(
-    api_client: Any, deployed: str, operator: OperatorProcess
+    api_client: Any, deployed: str, operator: OperatorProcess, evidence: Callable[[str], None]
 ) -> None:
     namespace = deployed
     before = pods(api_client, namespace)
@@ -85,7 +110,7 @@ def test_swap_loads_pod_by_pod_without_restarts_or_failed_requests(
             "v2 loaded everywhere", operator,
         )  # fmt: skip
         result = load.stop()
-    print(f"vLLM runtime swap: {result.total} requests, {len(result.failures)} failed, {dict(result.succeeded)}")
+    evidence(f"vLLM runtime swap: {result.total} requests, {len(result.failures)} failed, {dict(result.succeeded)}")
     assert result.failures == []
     after = pods(api_client, namespace)
     assert set(after) == set(before), "no pod was restarted or replaced"
@@ -93,7 +118,9 @@ def test_swap_loads_pod_by_pod_without_restarts_or_failed_requests(
     assert sorted(done["verifiedPods"]) == sorted(after)
 
 
-def test_broken_adapter_is_rolled_back_by_itself(api_client: Any, deployed: str, operator: OperatorProcess) -> None:
+def test_broken_adapter_is_rolled_back_by_itself(
+    api_client: Any, deployed: str, operator: OperatorProcess, evidence: Callable[[str], None]
+) -> None:
     namespace = deployed
     with Load(api_client, namespace, NAME, chat_by_adapter_name, clients=3, max_seconds=120) as load:
         poll_until(lambda: True if load.result.total >= 10 else None, 30, "the load to be flowing")
@@ -105,7 +132,7 @@ def test_broken_adapter_is_rolled_back_by_itself(api_client: Any, deployed: str,
             "the canary back on v2",
         )
         result = load.stop()
-    print(f"vLLM broken v3: {result.total} requests, {len(result.failures)} failed; {rolled['message']}")
+    evidence(f"vLLM broken v3: {result.total} requests, {len(result.failures)} failed; {rolled['message']}")
     assert result.failures == []
     assert "support@v3" in rolled["failed"]
     assert "HTTP 404" in rolled["message"], rolled["message"]  # vLLM's answer to an adapter without its config

@@ -6,6 +6,7 @@ the real Prometheus and the autoscaler scales the deployment on it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -77,7 +78,7 @@ def only_pod(api_client: Any, namespace: str) -> Any:
 
 
 def test_the_rendered_pod_downloads_the_model_and_runs_vllm_serve(
-    api_client: Any, deployed: str, assets: VllmAssets
+    api_client: Any, deployed: str, assets: VllmAssets, evidence: Callable[[str], None]
 ) -> None:
     namespace = deployed
     pod = only_pod(api_client, namespace)
@@ -93,25 +94,27 @@ def test_the_rendered_pod_downloads_the_model_and_runs_vllm_serve(
     env = {e.name: e.value for e in pod.spec.init_containers[0].env or []}
     assert env["HF_ENDPOINT"] == assets.hub.url
     downloaded = assets.hub.downloads()
-    print(f"hub downloads: {downloaded}")
+    evidence(f"hub downloads: {downloaded}")
     assert downloaded.get("meta-llama/Llama-3.1-8B-Instruct/model.safetensors", 0) >= 1
 
 
-def test_a_chat_completion_from_real_vllm(api_client: Any, deployed: str) -> None:
+def test_a_chat_completion_from_real_vllm(api_client: Any, deployed: str, evidence: Callable[[str], None]) -> None:
     [url] = vllm_pod_urls(api_client, deployed, NAME).values()
     models = httpx.get(f"{url}/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == [NAME]
     assert models["data"][0]["owned_by"] == "vllm"  # the real server, not a stand-in
     body = {"model": NAME, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
     reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
-    print(f"real vLLM chat completion: {reply.status_code} {reply.text[:400]}")
+    evidence(f"real vLLM chat completion: {reply.status_code} {reply.text[:400]}")
     assert reply.status_code == 200, reply.text
     choice = reply.json()["choices"][0]
     assert choice["message"]["role"] == "assistant"
     assert reply.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_a_tool_call_request_is_accepted_with_the_rendered_parser(api_client: Any, deployed: str) -> None:
+def test_a_tool_call_request_is_accepted_with_the_rendered_parser(
+    api_client: Any, deployed: str, evidence: Callable[[str], None]
+) -> None:
     pod = only_pod(api_client, deployed)
     args = pod.spec.containers[0].args
     assert "--enable-auto-tool-choice" in args
@@ -121,13 +124,13 @@ def test_a_tool_call_request_is_accepted_with_the_rendered_parser(api_client: An
                 "max_tokens": 16}  # fmt: skip
     reply = httpx.post(f"{url}/v1/chat/completions", json={**question, "tools": [WEATHER_TOOL], "tool_choice": "auto"},
                        timeout=60)  # fmt: skip
-    print(f"real vLLM tool-call response: {reply.status_code} {reply.text[:400]}")
+    evidence(f"real vLLM tool-call response: {reply.status_code} {reply.text[:400]}")
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["role"] == "assistant"
     plain = httpx.post(f"{url}/v1/chat/completions", json=question, timeout=60)
     assert plain.status_code == 200, plain.text
     with_tools, without = reply.json()["usage"]["prompt_tokens"], plain.json()["usage"]["prompt_tokens"]
-    print(f"prompt tokens with the tool: {with_tools}, without: {without}")
+    evidence(f"prompt tokens with the tool: {with_tools}, without: {without}")
     # The chat template rendered the tool into the prompt (a random model rarely calls it).
     assert with_tools > without
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
@@ -145,7 +148,7 @@ def long_chat() -> dict[str, Any]:
 
 
 def test_the_queue_rises_in_prometheus_and_the_autoscaler_scales_on_it(
-    api_client: Any, deployed: str, plane: ControlPlane, operator: OperatorProcess
+    api_client: Any, deployed: str, plane: ControlPlane, operator: OperatorProcess, evidence: Callable[[str], None]
 ) -> None:
     namespace = deployed
     assert plane.prometheus is not None
@@ -159,14 +162,14 @@ def test_the_queue_rises_in_prometheus_and_the_autoscaler_scales_on_it(
             return value if value >= 1 else None
 
         peak = poll_until(waiting, 60, "vllm:num_requests_waiting >= 1 in Prometheus")
-        print(f"Prometheus: {query} = {peak}")
+        evidence(f"Prometheus: {query} = {peak}")
         poll_until(
             lambda: True if apps.read_namespaced_deployment(NAME, namespace).spec.replicas == MAX_REPLICAS else None,
             60,
             f"the autoscaler to scale to {MAX_REPLICAS} replicas",
         )
         status = get_llamadeployment(api_client, namespace, NAME)["status"]
-        print(f"autoscaling status: {json.dumps(status.get('autoscaling'))}")
+        evidence(f"autoscaling status: {json.dumps(status.get('autoscaling'))}")
         wait_ld_condition(
             api_client, namespace, NAME, operator, type_="Ready", status="True", timeout=POD_READY_SECONDS
         )
@@ -176,6 +179,8 @@ def test_the_queue_rises_in_prometheus_and_the_autoscaler_scales_on_it(
             "both pods serving",
         )
         result = load.stop()
-    print(f"load during the scale-up: {result.total} requests, {len(result.failures)} failed, {dict(result.succeeded)}")
+    evidence(
+        f"load during the scale-up: {result.total} requests, {len(result.failures)} failed, {dict(result.succeeded)}"
+    )
     assert result.failures == []
     assert status["autoscaling"]["metricsAvailable"] is True
