@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from llama_operator.adapters.drive import pod_view
 from llama_operator.adapters.rollout import (
     EvaluateMetricGate,
     LoadAdapters,
@@ -194,6 +195,22 @@ def test_runtime_rollback_reloads_the_canary_and_restarted_pods_get_loaded() -> 
     assert LoadAdapters("c") in steady.actions
 
 
+def test_a_spec_changed_back_during_a_load_is_not_failed_by_the_load_in_flight() -> None:
+    """v1 -> v2 -> v1 quickly: pod a is out of traffic loading v2 (its gate False, 'loading [v2]') and still
+    holds v1; going back to v1 waits for that load's verdict instead of rolling v1 back as failed."""
+    to_v2 = step_rollout(HUB_V2, serving_v1_hub(), [pod("a", HUB_V1, "True"), pod("b", HUB_V1, "True")],
+                         replicas=2, policy=CANARY, now=T0, runtime=True)  # fmt: skip
+    assert to_v2.actions == (LoadAdapters("a"),)
+    loading = [pod("a", HUB_V1, "False", gate_message="loading [support@v2]", busy=True), pod("b", HUB_V1, "True")]
+    back = step_rollout(HUB_V1, to_v2.state, loading, replicas=2, policy=CANARY, now=T0 + 1, runtime=True)
+    assert back.state.phase == "Progressing", back.state.message
+    assert back.state.failed == ()
+    assert back.actions == (), "nothing new while a's load is in flight"
+    reloaded = [pod("a", HUB_V1, "True"), pod("b", HUB_V1, "True")]
+    done = step_rollout(HUB_V1, back.state, reloaded, replicas=2, policy=CANARY, now=T0 + 5, runtime=True)
+    assert done.state.phase == "Succeeded"
+
+
 def serving_v1_hub() -> RolloutState:
     return RolloutState(phase="Succeeded", target=adapter_key(HUB_V1), serving=HUB_V1, last_good=HUB_V1)
 
@@ -204,3 +221,17 @@ def test_canary_percent_rounds_up_and_wins_over_replicas() -> None:
     pods = [pod(f"old-{i}", V1, "True") for i in range(6)] + [pod(f"new-{i}", V2) for i in range(3)]
     step = step_rollout(V2, start.state, pods, replicas=6, policy=policy, now=T0 + 1)
     assert step.actions == (SmokeTest("new-0"), SmokeTest("new-1")), "25% of 6 replicas rounds up to 2 pods"
+
+
+def test_a_pod_left_out_of_traffic_for_a_load_that_never_reported_has_no_verdict() -> None:
+    """The operator died mid-load: the gate still reads LoadingAdapters, which is no smoke verdict."""
+    conditions = [
+        {"type": "ContainersReady", "status": "True"},
+        {"type": "llamaops.io/adapters-loaded", "status": "True", "message": "support@v1"},
+        {"type": "llamaops.io/adapters-verified", "status": "False", "reason": "LoadingAdapters",
+         "message": "loading [support@v2]"},
+    ]  # fmt: skip
+    view = pod_view({"metadata": {"name": "a"}, "status": {"conditions": conditions}}, runtime=True)
+    assert (view.adapters, view.gate) == ("support@v1", "Unknown")
+    failed = [*conditions[:2], {**conditions[2], "reason": "SmokeRequestFailed", "message": "HTTP 404"}]
+    assert pod_view({"metadata": {"name": "a"}, "status": {"conditions": failed}}, runtime=True).gate == "False"

@@ -90,6 +90,8 @@ def pod_view(pod: Manifest, *, runtime: bool = False) -> PodView:
     crash = container_problem(pod)
     raw_status = gate.get("status")
     status: GateStatus = "True" if raw_status == "True" else "False" if raw_status == "False" else "Unknown"
+    if gate.get("reason") == LOADING_REASON:  # out of traffic for a load that never reported: no verdict
+        status = "Unknown"
     return PodView(
         name=meta["name"],
         adapters=str(loaded.get("message") or "") if runtime else templated,
@@ -115,6 +117,9 @@ class RolloutResult:
     rollbacks: tuple[RollbackNotice, ...]
     smoke_results: tuple[str, ...]
     checks: tuple[EngineCheck, ...] = ()
+
+
+LOADING_REASON = "LoadingAdapters"  # the gate while the operator loads a set into the pod
 
 
 def _gate(*, passed: bool, message: str, now: float, reason: str | None = None) -> Manifest:
@@ -149,9 +154,7 @@ async def _load_and_verify(
         return
     key = adapter_key(adapters)
     now = time.time()
-    await _set(
-        kube, namespace, name, _gate(passed=False, message=f"loading [{key}]", now=now, reason="LoadingAdapters")
-    )
+    await _set(kube, namespace, name, _gate(passed=False, message=f"loading [{key}]", now=now, reason=LOADING_REASON))
     busy = await drain(http, url)
     load = await load_serving_set(http, url, adapters) if busy is None else None
     result = (

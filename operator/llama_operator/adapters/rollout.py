@@ -152,7 +152,9 @@ def _failure(state: RolloutState, new_pods: Sequence[PodView], policy: AdapterRo
     for pod in new_pods:
         if pod.crash_message:
             return _rollback(state, f"pod {pod.name} with [{serving}] is crashing: {pod.crash_message}")
-        if pod.gate == "False":
+        # A check in flight has no verdict yet: its gate may still say why the pod left traffic (say,
+        # loading a set the spec has since moved away from), which says nothing about this set.
+        if pod.gate == "False" and not pod.busy:
             return _rollback(state, f"smoke request failed on pod {pod.name}: {pod.gate_message}")
     if state.start_time is not None and now - state.start_time > policy.timeout_seconds:
         return _rollback(state, f"not done after {policy.timeout_seconds}s (step {state.step})")
