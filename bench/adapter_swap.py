@@ -111,6 +111,11 @@ def engine_setup(engine: str, root: Path) -> Iterator[tuple[ControlPlane, str, S
         yield plane, assets.hub.url, setup
 
 
+def serves(rollout: dict[str, Any], target: str) -> bool:
+    """One read of the status: rolled out to ``target`` (two reads could mix the old phase and the new target)."""
+    return rollout.get("phase") == "Succeeded" and target in rollout.get("target", [])
+
+
 def wait(check: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                         GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"adapters": [adapter]}}
                     )
                     target = f"{adapter['name']}@{version}"
-                    wait(lambda t=target: rollout().get("phase") == "Succeeded" and t in rollout().get("target", []),
-                         setup.ready_seconds, f"{target} everywhere")  # fmt: skip
+                    wait(lambda t=target: serves(rollout(), t), setup.ready_seconds, f"{target} everywhere")
                     seconds = time.monotonic() - started
                     result = load.stop()
                 rows.append((f"-> {version}", result.total, len(result.failures), seconds))
