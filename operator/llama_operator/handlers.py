@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import kopf
 
+from llama_operator.api.conditions import REASON_CHILD_REJECTED
 from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
 from llama_operator.api.status import LlamaDeploymentStatus
@@ -162,6 +163,13 @@ def _post_events(owner: kopf.Body, before: dict[str, Any], outcome: Outcome) -> 
         kopf.warn(owner, reason="AdapterRolledBack", message=reason)
     if outcome.invalid is not None and before.get("phase") != "Failed":
         kopf.warn(owner, reason="InvalidSpec", message=outcome.invalid)
+    refused = outcome.apply_error if outcome.rejected else None
+    if refused is not None and _condition(before, "Degraded").get("message") != refused:
+        kopf.warn(owner, reason=REASON_CHILD_REJECTED, message=refused)
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
 
 
 def _report(owner: Mapping[str, Any], outcome: Outcome, before: dict[str, Any]) -> None:
@@ -170,6 +178,9 @@ def _report(owner: Mapping[str, Any], outcome: Outcome, before: dict[str, Any]) 
     _post_events(kopf.Body(cast("kopf.RawBody", owner)), before, outcome)
     if outcome.applied:
         PASS_LOGGER.info("%s: applied %s", name, ", ".join(outcome.applied))
+    for line in outcome.failed_now:
+        RECONCILE_ERRORS.labels("rejected" if outcome.rejected else "apply").inc()
+        PASS_LOGGER.warning("%s: %s", name, line)
     for line in outcome.smoke_results:
         PASS_LOGGER.info("%s: rollout: %s", name, line)
 
@@ -195,9 +206,9 @@ async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logge
     if outcome is not None and outcome.invalid is not None:
         RECONCILE_ERRORS.labels("invalid_spec").inc()
         raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
-    if outcome is not None and outcome.apply_error is not None:
-        RECONCILE_ERRORS.labels("apply").inc()
-        raise kopf.TemporaryError(outcome.apply_error, delay=10)
+    # A child not applied is in status and logged once per try (`_report`); the pass runner tries again
+    # after its back-off. No TemporaryError: kopf's retry would send a refused body again at once, and
+    # write its progress annotation on every try.
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="forget")
@@ -318,7 +329,8 @@ async def _autoscale_once(runner: PassRunner, key: OwnerKey, body: kopf.Body, lo
     ctx = runner.ctx
     namespace, name = key
     read = await read_metrics(ctx.kube, ctx.http, name=name, namespace=namespace, spec=spec,
-                              default_prometheus_url=ctx.config.prometheus_url, now=time.time())  # fmt: skip
+                              default_prometheus_url=ctx.config.prometheus_url, now=time.time(),
+                              allowed_prometheus_urls=ctx.config.prometheus_allowed_urls)  # fmt: skip
 
     async def decide(status: LlamaDeploymentStatus) -> None:
         was_available = status.autoscaling.metrics_available if status.autoscaling else True

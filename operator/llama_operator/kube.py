@@ -1,11 +1,17 @@
-"""Every Kubernetes API call of the operator. Errors leave this module as our own `KubeError`s."""
+"""Every Kubernetes API call of the operator. Errors leave this module as our own `KubeError`s, one line
+each: an answer the apiserver gave (`RejectedError` for a refused object), or `UnreachableError` when no
+answer came (refused, reset, timed out). Every call records whether the apiserver answered, for the
+liveness probe (`Reachability`, `liveness_problem`)."""
 
 from __future__ import annotations
 
 import base64
 import functools
 import json
+import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
@@ -18,6 +24,7 @@ FIELD_MANAGER = "llama-operator"
 USER_AGENT = "llama-operator/0.1.0"  # how the apiserver's audit log tells our requests apart
 # (connect, read) seconds: no call may hang a pass; a watch is kopf's, not ours.
 REQUEST_TIMEOUT_SECONDS = (5.0, 30.0)
+PING_TIMEOUT_SECONDS = (2.0, 3.0)  # the liveness probe's own call answers within the kubelet's 5 s
 CONNECTIONS = 16
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
@@ -26,7 +33,8 @@ Manifest = dict[str, Any]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# (apiVersion, kind) -> plural, for the kinds the operator applies or reads.
+# (apiVersion, kind) -> plural, for the kinds the operator applies or reads; other kinds get the
+# apiserver's own regular plural (`plural_of`).
 PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
@@ -61,35 +69,144 @@ class ConflictError(KubeError):
     pass
 
 
+class RejectedError(KubeError):
+    """The apiserver refused the object itself (400 Bad Request, 422 Invalid: a field, a name, an admission
+    check): the same body will be refused again, whatever the retry."""
+
+
+class UnreachableError(KubeError):
+    """No answer from the apiserver: connection refused or reset, TLS failure, timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "Unreachable", message)
+
+
+ERROR_KINDS: dict[int, type[KubeError]] = {400: RejectedError, 404: NotFoundError, 409: ConflictError,
+                                           422: RejectedError}  # fmt: skip
+MAX_ERROR_MESSAGE = 600
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_ERROR_MESSAGE else flat[: MAX_ERROR_MESSAGE - 3] + "..."
+
+
 def _message(error: ApiException) -> str:
+    """The apiserver's own message (for 422: the object, then each field path and why)."""
     try:
         body = json.loads(error.body or "{}")
     except ValueError:
-        return str(error.body or error.reason)
-    return str(body.get("message", error.reason))
+        return _one_line(str(error.body or error.reason))
+    return _one_line(str(body.get("message", error.reason)) if isinstance(body, dict) else str(body))
+
+
+def transport_message(error: BaseException) -> str:
+    """One line for an error of the connection, not of the API: its innermost cause (urllib3 nests a
+    `ConnectionRefusedError` in a `NewConnectionError` in a `MaxRetryError`), without the pool's repr."""
+    cause: BaseException = error
+    seen = {id(cause)}
+    while True:
+        reason = getattr(cause, "reason", None)
+        inner = reason if isinstance(reason, BaseException) else cause.__cause__ or cause.__context__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        cause = inner
+    return _one_line(f"{type(cause).__name__}: {cause}")
 
 
 def mapped(func: Callable[P, T]) -> Callable[P, T]:
-    """Map the client's ApiException to our errors, so callers never import the client."""
+    """Map the client's ApiException and the transport's errors to ours, so callers never import the
+    client and a failed call is one line in the log, never a urllib3 traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return func(*args, **kwargs)
         except ApiException as error:
-            kind = {404: NotFoundError, 409: ConflictError}.get(error.status or 0, KubeError)
-            raise kind(error.status or 0, str(error.reason), _message(error)) from error
+            if not error.status:  # the client's own wrapper of a TLS failure: no answer came
+                raise UnreachableError(_one_line(str(error.reason))) from error
+            kind = ERROR_KINDS.get(error.status, KubeError)
+            raise kind(error.status, str(error.reason), _message(error)) from error
         except (TransportError, OSError) as error:  # refused, reset, timed out: the server was not reached
-            raise KubeError(0, "Unreachable", f"{error.__class__.__name__}: {error}") from error
+            raise UnreachableError(transport_message(error)) from error
 
     return wrapper
 
 
+def plural_of(api_version: str, kind: str) -> str:
+    """The resource name of a kind: ours from the table, others by the apiserver's regular rule
+    (lower case; -s, -es after s/x/z/ch/sh, -ies after a consonant and y)."""
+    known = PLURALS.get((api_version, kind))
+    if known is not None:
+        return known
+    lower = kind.lower()
+    if lower.endswith(("s", "x", "z", "ch", "sh")):
+        return lower + "es"
+    if lower.endswith("y") and lower[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return lower[:-1] + "ies"
+    return lower + "s"
+
+
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
-    plural = PLURALS[(api_version, kind)]
+    plural = plural_of(api_version, kind)
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     scope = f"/namespaces/{namespace}" if namespace else ""
     return f"{prefix}{scope}/{plural}" + (f"/{name}" if name else "")
+
+
+@dataclass(frozen=True)
+class ApiContact:
+    """What the operator's own calls saw of the apiserver, in monotonic seconds."""
+
+    last_answer: float | None = None  # the last call that got an HTTP answer, whatever its status
+    failing_since: float | None = None  # the first call without an answer since then; None while answering
+    last_failure: float | None = None
+    last_error: str = ""
+
+    @property
+    def last_attempt(self) -> float | None:
+        times = [t for t in (self.last_answer, self.last_failure) if t is not None]
+        return max(times) if times else None
+
+
+class Reachability:
+    """Whether calls reach the apiserver: every call of `Kube` reports here (from its API threads)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._contact = ApiContact()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._contact = ApiContact(last_answer=self._clock())
+
+    def failed(self, error: str) -> None:
+        now = self._clock()
+        with self._lock:
+            was = self._contact
+            since = was.failing_since if was.failing_since is not None else now
+            self._contact = ApiContact(was.last_answer, since, now, error)
+
+    def contact(self) -> ApiContact:
+        with self._lock:
+            return self._contact
+
+
+def liveness_problem(contact: ApiContact, *, now: float, limit_seconds: float, recent_seconds: float) -> str | None:
+    """Why the operator is not live, or None: no call has reached the apiserver for `limit_seconds`, and the
+    latest one failed within `recent_seconds` (an idle operator whose one call failed long ago proves
+    nothing: the probe's own ping decides)."""
+    if contact.failing_since is None or contact.last_failure is None:
+        return None
+    down = now - contact.failing_since
+    if down < limit_seconds or now - contact.last_failure > recent_seconds:
+        return None
+    return f"no answer from the Kubernetes API for {down:.0f} s; last error: {contact.last_error}"
 
 
 class Kube:
@@ -98,6 +215,7 @@ class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = api_client
         self._api.user_agent = USER_AGENT
+        self.reachability = Reachability()
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Kube:
@@ -118,6 +236,7 @@ class Kube:
         body: object | None = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        timeout: tuple[float, float] = REQUEST_TIMEOUT_SECONDS,
     ) -> Manifest:
         method, url, headers, serialized, _ = self._api.param_serialize(
             method,
@@ -127,10 +246,19 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self._api.call_api(
-            method, url, header_params=headers, body=serialized, _request_timeout=REQUEST_TIMEOUT_SECONDS
-        )
-        data = response.read()  # type: ignore[no-untyped-call]
+        try:
+            response = self._api.call_api(method, url, header_params=headers, body=serialized, _request_timeout=timeout)
+            data = response.read()  # type: ignore[no-untyped-call]
+        except ApiException as error:  # a 429 the client raised itself, or its wrapper of a TLS failure
+            if error.status:
+                self.reachability.answered()
+            else:
+                self.reachability.failed(_one_line(str(error.reason)))
+            raise
+        except (TransportError, OSError) as error:
+            self.reachability.failed(transport_message(error))
+            raise
+        self.reachability.answered()
         if response.status >= 400:
             raise ApiException(http_resp=response)
         result: Manifest = json.loads(data) if data else {}
@@ -148,6 +276,11 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    @mapped
+    def ping(self) -> str:
+        """GET /version, which every identity may read: whether the apiserver answers (for liveness)."""
+        return str(self._call("GET", "/version", timeout=PING_TIMEOUT_SECONDS).get("gitVersion", ""))
 
     @mapped
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,14 @@ class OperatorConfig(_Settings):
     cpu_memory_gib: float = Field(default=DEFAULT_CPU_CLASS.memory_bytes / GIB, gt=0)
     images: dict[str, str] = Field(default_factory=dict, description="Overrides of EngineImages fields.")
     prometheus_url: str | None = Field(default=None, description="Default Prometheus for autoscaling.")
+    prometheus_allowed_urls: list[Annotated[str, Field(pattern=r"^https?://[^\s]+$")]] = Field(
+        default_factory=list,
+        description=(
+            "URL prefixes a LlamaDeployment's spec.autoscaling.prometheusUrl may name (scheme, host and port "
+            "equal, path at or below); the operator's own prometheusUrl is always allowed. Any other URL is "
+            "refused and never queried."
+        ),
+    )
     hub_endpoint: str = Field(
         default=DEFAULT_HUB_ENDPOINT,
         pattern=r"^https?://[^\s'\"\\]+$",

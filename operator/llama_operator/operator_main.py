@@ -14,7 +14,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from llama_operator.handlers import watch_optional_children  # importing registers the kopf handlers
-from llama_operator.kube import Kube
+from llama_operator.kube import Kube, KubeError
+from llama_operator.liveness import API_DOWN_SECONDS, ProbeFailureFilter  # importing registers the probe
 from llama_operator.operator_config import load_config
 from llama_operator.reconcile import OperatorContext
 
@@ -43,6 +44,19 @@ def configure_logging(level: str, log_format: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
     for chatty in ("httpx", "httpcore"):  # one line per Prometheus query or smoke request is noise
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # urllib3 warns of each retry it makes; the failed call is logged once, by us, as our own error.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    logging.getLogger("aiohttp.server").addFilter(ProbeFailureFilter())
+    logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)  # a line per probe only when it fails
+
+
+def api_down_seconds() -> float:
+    """LLAMA_OPERATOR_API_DOWN_SECONDS: how long the apiserver may not answer before liveness fails."""
+    value = os.environ.get("LLAMA_OPERATOR_API_DOWN_SECONDS", "")
+    try:
+        return float(value) if value else API_DOWN_SECONDS
+    except ValueError:
+        return API_DOWN_SECONDS
 
 
 def log_memory_on_signal(logger: logging.Logger) -> None:
@@ -82,8 +96,13 @@ def run_operator(
     log_memory_on_signal(logging.getLogger("llama_operator.memory"))
     config = load_config(config_path)
     kube = Kube.from_environment(kubeconfig)
-    watched = watch_optional_children(kube.can_watch, logging.getLogger("llama_operator"))
-    logging.getLogger("llama_operator").info("optional children watched: %s", ", ".join(watched) or "none")
+    logger = logging.getLogger("llama_operator")
+    try:
+        watched = watch_optional_children(kube.can_watch, logger)
+    except KubeError as error:
+        logger.error("cannot start: asking the Kubernetes API which kinds the operator may watch failed: %s", error)
+        return 1
+    logger.info("optional children watched: %s", ", ".join(watched) or "none")
     context = OperatorContext(kube=kube, config=config, watched_crds=frozenset(watched))
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
@@ -92,6 +111,6 @@ def run_operator(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(context=context),
+        memo=kopf.Memo(context=context, api_down_seconds=api_down_seconds()),
     )
     return 0

@@ -4,6 +4,9 @@ once and only when it changed, by the one writer of each field.
 The reconcile pass writes everything in status except `status.autoscaling`; the autoscaler writes only
 `status.autoscaling` and then runs a pass, which derives `ScalingActive` from it. Both take the object's
 lock, and neither holds it while waiting on an engine or Prometheus.
+
+A child that was not applied is tried again by a recheck when its back-off is over (`Outcome.retry_in`),
+not every few seconds: a spec the apiserver refuses costs one refused PATCH per back-off step.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ Manifest = dict[str, Any]
 logger = logging.getLogger(__name__)
 PASSES_IN_FLIGHT = 16
 ROLLOUT_RECHECK_SECONDS = 5.0
+MIN_RETRY_SECONDS = 1.0
 
 
 def slim_owner(body: Mapping[str, Any]) -> Manifest:
@@ -81,7 +85,7 @@ class PassRunner:
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PASSES_IN_FLIGHT))
     # What the last pass of an object saw, when it found nothing to do: the same again needs no pass.
     _steady: dict[OwnerKey, tuple[Any, ...]] = field(default_factory=dict)
-    _rechecks: dict[OwnerKey, asyncio.TimerHandle] = field(default_factory=dict)
+    _rechecks: dict[OwnerKey, asyncio.TimerHandle] = field(default_factory=dict)  # at most one per object
     # Passes asked for by events of other objects: one entry per object (the latest job), a few workers.
     _jobs: dict[OwnerKey, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     _job_keys: asyncio.Queue[OwnerKey] = field(default_factory=asyncio.Queue)
@@ -104,6 +108,7 @@ class PassRunner:
         if recheck is not None:
             recheck.cancel()
         self.ctx.applied.forget(*key)
+        self.ctx.failures.forget(*key)
 
     def enqueue(self, key: OwnerKey, job: Callable[[], Awaitable[None]]) -> None:
         """Run `job` (a pass for `key`) soon, on one of PASSES_IN_FLIGHT workers; while it waits, a newer job
@@ -135,11 +140,15 @@ class PassRunner:
         return (resource_version(found.owner), self._written.get(key, (0,))[0], children, pods, id(found.inventory),
                 found.view.crds, self.ctx.applied.revisions(*key))  # fmt: skip
 
-    def _recheck_later(self, key: OwnerKey, read: Callable[[], PassInput | None]) -> None:
-        """A rollout in progress waits on time too (pause, metric-gate window, timeout), and a refused apply
-        needs another try: look again soon."""
-        if key in self._rechecks:
-            return
+    def _recheck_later(self, key: OwnerKey, read: Callable[[], PassInput | None], delay_seconds: float) -> None:
+        """A rollout in progress waits on time too (pause, metric-gate window, timeout), and a child not applied
+        needs another try after its back-off: look again then (the earlier of two asks wins)."""
+        loop = asyncio.get_running_loop()
+        pending = self._rechecks.get(key)
+        if pending is not None:
+            if pending.when() <= loop.time() + delay_seconds:
+                return
+            pending.cancel()
 
         async def recheck() -> None:
             await self.run(key, read, "rollout-timer")
@@ -148,7 +157,7 @@ class PassRunner:
             self._rechecks.pop(key, None)
             self.enqueue(key, recheck)
 
-        self._rechecks[key] = asyncio.get_running_loop().call_later(ROLLOUT_RECHECK_SECONDS, fire)
+        self._rechecks[key] = loop.call_later(delay_seconds, fire)
 
     def status_of(self, key: OwnerKey, owner: Mapping[str, Any]) -> Manifest:
         """The freshest status we know: the cached object's, or our own later write."""
@@ -211,14 +220,17 @@ class PassRunner:
         with RECONCILE_SECONDS.time():
             outcome = await reconcile(self.ctx, ref, found.owner.get("spec") or {}, status, view=found.view,
                                       inventory=found.inventory)  # fmt: skip
+        rollout = outcome.status.adapter_rollout
+        if rollout is not None and (rollout.phase == "Progressing" or rollout.checks):
+            self._recheck_later(key, read, ROLLOUT_RECHECK_SECONDS)
+        retry_in = outcome.retry_in(self.ctx.clock())
+        if retry_in is not None:  # a child not applied is tried again after its back-off (even if the write fails)
+            self._recheck_later(key, read, max(retry_in, MIN_RETRY_SECONDS))
         new_status = status_patch(outcome)
         wrote = changed(current, new_status)
         if wrote:
             await self.write_status(key, new_status, "reconcile")
-        rollout = outcome.status.adapter_rollout
-        if outcome.apply_error or (rollout is not None and (rollout.phase == "Progressing" or rollout.checks)):
-            self._recheck_later(key, read)  # a refused apply is retried too, whatever started the pass
-        steady = not (wrote or outcome.applied or outcome.apply_error or (rollout and rollout.phase == "Progressing"))
+        steady = not (wrote or outcome.applied or outcome.failures or (rollout and rollout.phase == "Progressing"))
         if steady:
             self._steady[key] = fingerprint
         else:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from llama_operator.api.parse import InvalidSpecError
 from llama_operator.api.spec import Architecture, LlamaDeploymentSpec
 from llama_operator.api.status import PerGpuBytes, SizingStatus
-from llama_operator.engines.registry import auto_engine, engine_args
+from llama_operator.engines import render_engine_container
+from llama_operator.engines.base import EngineInput
+from llama_operator.engines.engine import RenderedFlags
+from llama_operator.engines.registry import auto_engine, engine, engine_args
 from llama_operator.sizing.catalog import CATALOG, ModelFacts
 from llama_operator.sizing.fit import SizingDecision, SizingRequest, decide
 from llama_operator.sizing.gpu_classes import Inventory
@@ -109,7 +114,60 @@ def sizing_request(spec: LlamaDeploymentSpec, name: str) -> SizingRequest:
 
 def plan(spec: LlamaDeploymentSpec, name: str, inventory: Inventory) -> SizingDecision:
     """The sizing decision for one LlamaDeployment; raises InvalidSpecError for specs no cluster can fix."""
-    return decide(sizing_request(spec, name), inventory)
+    decision = decide(sizing_request(spec, name), inventory)
+    check_extra_args(spec, name, decision)
+    return decision
+
+
+def flag_name(token: str) -> str | None:
+    """The flag an argument names (`--max_model_len=8192` -> `--max-model-len`), or None for a value."""
+    if not token.startswith("-") or token in ("-", "--") or token[1:2].isdigit() or token[1:2] == ".":
+        return None
+    name = token.partition("=")[0]
+    return name.replace("_", "-")
+
+
+def repeated_flag(token: str, rendered: Collection[str], flags: RenderedFlags) -> str | None:
+    """The rendered flag `token` would set again, in any spelling the engine's parser reads, or None."""
+    name = flag_name(token)
+    if name is None:
+        return None
+    meant = flags.aliases.get(name, name)
+    if meant in rendered:
+        return meant
+    if flags.abbreviations and name.startswith("--") and len(name) > 2:
+        return next((flag for flag in sorted(rendered) if flag.startswith(name)), None)
+    return None
+
+
+def repeated_flag_problem(token: str, flag: str, flags: RenderedFlags) -> str:
+    spelled = token.partition("=")[0]
+    named = flag if spelled == flag else f"{spelled} ({flag})"
+    source = flags.sources.get(flag)
+    if source is None:
+        return f"spec.engine.extraArgs: {named} is rendered by the operator; remove it"
+    if source.startswith("spec."):
+        return f"spec.engine.extraArgs: {named} is rendered from {source}; set that instead"
+    return f"spec.engine.extraArgs: {named} is rendered by the operator ({source}); remove it"
+
+
+def check_extra_args(spec: LlamaDeploymentSpec, name: str, decision: SizingDecision) -> None:
+    """engine.extraArgs may not repeat a flag the operator renders for this plan: TGI's launcher refuses a
+    repeated flag and vLLM keeps the last, undoing what the sizing planned. Refused, naming what sets it."""
+    if not spec.engine.extra_args or decision.chosen is None:
+        return  # nothing is rendered for a plan that does not fit
+    without_extras = spec.model_copy(update={"engine": spec.engine.model_copy(update={"extra_args": []})})
+    inp = EngineInput(name=name, spec=without_extras, decision=decision, adapters=tuple(spec.adapters))
+    args = render_engine_container(inp).container["args"]
+    rendered = {flag for flag in map(flag_name, args) if flag is not None}
+    flags = engine(decision.request.engine).rendered_flags
+    problems = [
+        repeated_flag_problem(token, flag, flags)
+        for token in spec.engine.extra_args
+        if (flag := repeated_flag(token, rendered, flags)) is not None
+    ]
+    if problems:
+        raise InvalidSpecError("; ".join(problems))
 
 
 def sizing_status(decision: SizingDecision) -> SizingStatus:

@@ -2,6 +2,9 @@
 
 A pass reads only from caches fed by watches (`ObjectView`, the node inventory); its API calls are the
 writes it needs. With nothing changed it makes none.
+
+A child the apiserver does not take is reported in status and tried again after a back-off
+(`child_failures`); a refused body is not sent again before then, a changed spec is applied at once.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,8 @@ from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.api.timestamps import rfc3339
+from llama_operator.child_failures import ApplyFailure, ChildFailures, ChildKey, body_digest
+from llama_operator.child_names import child_name_problem
 from llama_operator.engines.base import served_model_name
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
@@ -30,10 +35,9 @@ from llama_operator.planning import plan
 from llama_operator.render import LWS_API, Owner, RenderOptions, render
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import Inventory
-from llama_operator.status_report import Observation, invalid_spec_status, report
+from llama_operator.status_report import FIX_THE_SPEC, Observation, invalid_spec_status, report
 
 Manifest = dict[str, Any]
-ChildKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name)
 
 
 @dataclass
@@ -72,6 +76,8 @@ class OperatorContext:
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)  # smoke requests and Prometheus
     checks: CheckRunner = field(default_factory=CheckRunner)
     applied: AppliedChildren = field(default_factory=AppliedChildren)
+    failures: ChildFailures = field(default_factory=ChildFailures)
+    clock: Callable[[], float] = time.monotonic  # for back-offs
     # CRDs of optional child kinds the operator watches: only those are rendered (an unwatched kind would
     # look missing to every pass and be applied again and again).
     watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
@@ -93,7 +99,21 @@ class Outcome:
     invalid: str | None = None
     rollbacks: tuple[str, ...] = ()  # why adapter sets were rolled back in this pass
     smoke_results: tuple[str, ...] = ()
-    apply_error: str | None = None  # a child the API refused; the pass is retried
+    failures: tuple[ApplyFailure, ...] = ()  # children not applied, this pass or held back from an earlier one
+    failed_now: tuple[str, ...] = ()  # applies that failed in this pass, for the log (one line each)
+
+    @property
+    def apply_error(self) -> str | None:
+        """What status says about children not applied; the pass is retried after `retry_in`."""
+        return "; ".join(f.message for f in self.failures) or None
+
+    @property
+    def rejected(self) -> bool:
+        return any(f.rejected for f in self.failures)
+
+    def retry_in(self, now: float) -> float | None:
+        """Seconds until a child not applied may be tried again; None when all were applied."""
+        return min((f.retry_in(now) for f in self.failures), default=None)
 
 
 def utc_now() -> str:
@@ -134,37 +154,57 @@ async def _rollout(
         state=state_from_status(status),
         pods=view.pods,
         prometheus_url=ctx.config.prometheus_url,
+        prometheus_allowed_urls=ctx.config.prometheus_allowed_urls,
         now=time.time(),
     )
 
 
+@dataclass
+class ApplyResult:
+    applied: list[str] = field(default_factory=list)
+    failures: list[ApplyFailure] = field(default_factory=list)
+    failed_now: list[str] = field(default_factory=list)
+
+
 async def _apply_differences(
     ctx: OperatorContext, ref: ObjectRef, children: list[Manifest], view: ObjectView
-) -> tuple[list[str], str | None]:
-    """Apply the children whose cached copy lacks a desired field; the others are left alone."""
-    applied: list[str] = []
+) -> ApplyResult:
+    """Apply the children whose cached copy lacks a desired field; the others are left alone. A child the
+    apiserver refused as invalid does not stop the others; a failure of the call itself does (the next would
+    fail the same way)."""
+    result = ApplyResult()
+    keys = {(c["apiVersion"], c["kind"], ref.namespace, c["metadata"]["name"]) for c in children}
+    ctx.failures.keep_only(ref.namespace, ref.name, keys)
     for child in children:
         meta = child["metadata"]
-        observed = ctx.applied.fresher(
-            ref.namespace,
-            view.child(child["apiVersion"], child["kind"]),
-            child["apiVersion"],
-            child["kind"],
-            meta["name"],
-        )
+        key = (child["apiVersion"], child["kind"], ref.namespace, meta["name"])
+        observed = ctx.applied.fresher(ref.namespace, view.child(key[0], key[1]), key[0], key[1], meta["name"])
         if not needs_apply(child, observed):
+            ctx.failures.clear(key)
+            continue
+        digest = body_digest(child)
+        held = ctx.failures.held(key, digest, ctx.clock())
+        if held is not None:  # the apiserver refused exactly this body: not again before the back-off is over
+            result.failures.append(held)
             continue
         what = f"{child['kind']}/{meta['name']}"
         if observed is not None:
             what += f" ({first_difference(observed.body, child)})"
         try:
-            result = await asyncio.to_thread(ctx.kube.apply, child)
+            applied = await asyncio.to_thread(ctx.kube.apply, child)
         except KubeError as error:
-            return applied, f"could not apply {what}: {error.message}; check the operator's RBAC and admission webhooks"
-        ctx.applied.remember(ref.namespace, result)
+            failure = ctx.failures.record(key, digest, error, ctx.clock())
+            result.failures.append(failure)
+            result.failed_now.append(f"{failure.message} [attempt {failure.attempts}; next in "
+                                     f"{failure.retry_in(ctx.clock()):.0f} s]")  # fmt: skip
+            if failure.rejected:
+                continue
+            break
+        ctx.failures.clear(key)
+        ctx.applied.remember(ref.namespace, applied)
         CHILD_APPLIES.labels(child["kind"]).inc()
-        applied.append(what)
-    return applied, None
+        result.applied.append(what)
+    return result
 
 
 async def reconcile(
@@ -178,19 +218,24 @@ async def reconcile(
 ) -> Outcome:
     """One level-triggered pass over one LlamaDeployment."""
     now = utc_now()
+    next_step = FIX_THE_SPEC
     try:
         spec = parse_spec(spec_body)
+        name_problem = child_name_problem(ref.name)
+        if name_problem is not None:
+            next_step = ""  # the message says what to do: the name cannot be changed
+            raise InvalidSpecError(name_problem)
         decision = decide(spec, ref.name, inventory)
     except InvalidSpecError as error:
-        invalid = invalid_spec_status(str(error), generation=ref.generation, previous=status.conditions, now=now)
+        invalid = invalid_spec_status(str(error), generation=ref.generation, previous=status.conditions, now=now,
+                                      next_step=next_step)  # fmt: skip
         record_phase(ref.namespace, ref.name, invalid.phase)
         return Outcome(status=invalid, decision=None, invalid=str(error))
     SIZING_DECISIONS.labels(decision.request.engine, str(decision.fits).lower()).inc()
     rollout = None
     if decision.fits and has_adapters(spec, status):
         rollout = await _rollout(ctx, ref, spec, decision, status=status, view=view)
-    applied: list[str] = []
-    apply_error = None
+    applied = ApplyResult()
     if decision.fits:
         options = RenderOptions(
             images=ctx.config.engine_images(),
@@ -201,7 +246,7 @@ async def reconcile(
             ref.name, ref.namespace, spec, decision, options=options, owner=Owner(ref.name, ref.uid),
             adapters=rollout.state.serving if rollout else None,
         )  # fmt: skip
-        applied, apply_error = await _apply_differences(ctx, ref, children, view)
+        applied = await _apply_differences(ctx, ref, children, view)
     kind = _workload_kind(decision)
     workload = ctx.applied.fresher(ref.namespace, view.child(*kind), *kind, ref.name)
     observation = Observation(workload=workload.as_workload() if workload else None, pods=view.pods)
@@ -210,18 +255,21 @@ async def reconcile(
         if rollout
         else status.adapter_rollout
     )
+    apply_error = "; ".join(f.message for f in applied.failures) or None
     new_status = report(
         ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=status.conditions,
-        now=now, rollout=rollout_status, apply_error=apply_error, autoscaling=status.autoscaling,
+        now=now, rollout=rollout_status, apply_error=apply_error, apply_rejected=any(f.rejected for f in applied.failures),
+        autoscaling=status.autoscaling,
     )  # fmt: skip
     record_phase(ref.namespace, ref.name, new_status.phase)
     return Outcome(
         status=new_status,
         decision=decision,
-        applied=tuple(applied),
+        applied=tuple(applied.applied),
         rollbacks=tuple(n.reason for n in rollout.rollbacks) if rollout else (),
         smoke_results=rollout.smoke_results if rollout else (),
-        apply_error=apply_error,
+        failures=tuple(applied.failures),
+        failed_now=tuple(applied.failed_now),
     )
 
 

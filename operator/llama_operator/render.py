@@ -19,7 +19,7 @@ from llama_operator.engines.base import (
     EngineInput,
     Manifest,
 )
-from llama_operator.engines.pod import TERMINATION_GRACE_SECONDS
+from llama_operator.engines.pod import RESTRICTED_EXCEPTION_ANNOTATION, TERMINATION_GRACE_SECONDS
 from llama_operator.engines.registry import engine as engine_named
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, LABEL_CLASS, LABEL_MEMORY_MIB
@@ -129,8 +129,11 @@ def _tolerations(spec: LlamaDeploymentSpec, gpus: int) -> list[Manifest]:
 def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) -> Manifest:
     spec = inp.spec
     pod: Manifest = {
+        # The engines never call the Kubernetes API: no token in the pod.
+        "automountServiceAccountToken": False,
         "containers": [container],
         "enableServiceLinks": False,
+        "securityContext": engine.pod_security_context,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "volumes": engine.volumes,
     }
@@ -159,6 +162,8 @@ def _pod_template(inp: EngineInput, engine: EngineContainer, container: Manifest
     }
     if inp.pod_adapters:  # runtime-loaded sets are reported per pod (a pod condition), not templated
         annotations[ADAPTERS_ANNOTATION] = adapter_key(inp.pod_adapters)
+    if engine.restricted_exception is not None:  # meets `baseline`, not `restricted`: say why on every pod
+        annotations[RESTRICTED_EXCEPTION_ANNOTATION] = engine.restricted_exception
     return {
         "metadata": {"labels": dict(sorted(labels.items())), "annotations": annotations},
         "spec": _pod_spec(inp, engine, container),

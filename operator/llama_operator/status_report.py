@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_operator.api import status as st
-from llama_operator.api.conditions import make_condition, merge_conditions
+from llama_operator.api.conditions import (
+    REASON_CHILD_REJECTED,
+    REASON_PODS_REJECTED,
+    make_condition,
+    merge_conditions,
+)
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus, AutoscalingStatus, Condition, LlamaDeploymentStatus, Phase
 from llama_operator.planning import placement_summary, sizing_status
@@ -79,6 +84,21 @@ def pod_problem(pods: Iterable[Manifest]) -> PodProblem | None:
     return None
 
 
+def replica_failure(workload: Manifest | None) -> PodProblem | None:
+    """Pods the workload cannot create (a quota, a LimitRange, an admission policy refused them): the
+    Deployment carries its ReplicaSet's `ReplicaFailure` condition with the refusal's own message."""
+    for condition in ((workload or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            name = ((workload or {}).get("metadata") or {}).get("name", "")
+            detail = condition.get("message") or condition.get("reason") or "no message"
+            return PodProblem(
+                REASON_PODS_REJECTED,
+                _clip(f"Deployment {name} cannot create pods: {detail}; lift the quota, limit or admission policy "
+                      "that refuses them, or change the spec to fit it"),
+            )  # fmt: skip
+    return None
+
+
 def _fits_condition(decision: SizingDecision, generation: int, now: str) -> Condition:
     if decision.fits:
         return make_condition(st.FITS, "True", st.REASON_FITS, decision.reason, generation=generation, now=now)
@@ -106,6 +126,50 @@ def _phase(problem: PodProblem | None, *, ready: int, desired: int, rolling: boo
     return "Progressing"
 
 
+ConditionFields = tuple[str, st.ConditionStatus, str, str]  # type, status, reason, message
+
+
+def _without_workload(decision: SizingDecision, problem: PodProblem | None, *, rejected: bool) -> tuple[
+    Phase, list[ConditionFields]
+]:  # fmt: skip
+    """No serving workload yet: not planned, not applied (a refused or failed apply), or being created."""
+    if problem is not None:
+        return ("Failed" if rejected else "Degraded"), [
+            (st.READY, "False", problem.reason, _clip(f"no serving workload: {problem.message}")),
+            (st.PROGRESSING, "False", problem.reason, "nothing rolls out until the child is applied"),
+            (st.DEGRADED, "True", problem.reason, problem.message),
+        ]
+    why = "no serving workload: " + (decision.reason if not decision.fits else "creating it")
+    return ("Failed" if not decision.fits else "Pending"), [
+        (st.READY, "False", st.REASON_DOES_NOT_FIT if not decision.fits else st.REASON_UNAVAILABLE, _clip(why)),
+        (st.PROGRESSING, "False" if not decision.fits else "True", st.REASON_ROLLING_OUT, ""),
+        (st.DEGRADED, "False", st.REASON_HEALTHY, ""),
+    ]
+
+
+def _with_workload(problem: PodProblem | None, *, ready: int, updated: int, desired: int, rolling: bool) -> tuple[
+    Phase, list[ConditionFields]
+]:  # fmt: skip
+    fields: list[ConditionFields] = []
+    if desired == 0:
+        fields.append((st.READY, "True", st.REASON_SCALED_TO_ZERO, "spec.replicas is 0; scale up to serve"))
+    elif ready >= desired and not rolling and problem is None:
+        fields.append((st.READY, "True", st.REASON_AVAILABLE, f"{ready}/{desired} replicas ready"))
+    else:
+        reason = problem.reason if problem else st.REASON_UNAVAILABLE
+        detail = problem.message if problem else "waiting for the model to load and /health to answer"
+        fields.append((st.READY, "False", reason, _clip(f"{ready}/{desired} replicas ready; {detail}")))
+    if rolling:
+        fields.append((st.PROGRESSING, "True", st.REASON_ROLLING_OUT, f"{updated}/{desired} replicas updated"))
+    else:
+        fields.append((st.PROGRESSING, "False", st.REASON_ROLLED_OUT, "all replicas run the current spec"))
+    if problem:
+        fields.append((st.DEGRADED, "True", problem.reason, problem.message))
+    else:
+        fields.append((st.DEGRADED, "False", st.REASON_HEALTHY, ""))
+    return _phase(problem, ready=ready, desired=desired, rolling=rolling), fields
+
+
 def report(
     name: str,
     namespace: str,
@@ -118,46 +182,27 @@ def report(
     now: str,
     rollout: AdapterRolloutStatus | None = None,
     apply_error: str | None = None,
+    apply_rejected: bool = False,
     autoscaling: AutoscalingStatus | None = None,
 ) -> LlamaDeploymentStatus:
+    """`apply_error`: a child was not applied; `apply_rejected`: the apiserver refused it as invalid, so the
+    same spec will not get further (phase Failed while nothing serves, Degraded while an older workload does)."""
     desired = spec.replicas
     replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
     workload_meta_generation = int(((observation.workload or {}).get("metadata") or {}).get("generation", 0))
     rolled = observation.workload is not None and workload_generation >= workload_meta_generation
     rolling = observation.workload is not None and (not rolled or updated < desired or replicas > desired)
-    problem = pod_problem(observation.pods) if observation.workload is not None else None
+    problem = None
+    if observation.workload is not None:
+        problem = replica_failure(observation.workload) or pod_problem(observation.pods)
     if apply_error is not None:  # a refused child outranks what the pods say
-        problem = PodProblem(st.REASON_APPLY_FAILED, apply_error)
-    conditions = [_fits_condition(decision, generation, now)]
-
-    def cond(type_: str, status: st.ConditionStatus, reason: str, message: str) -> None:
-        conditions.append(make_condition(type_, status, reason, message, generation=generation, now=now))
-
-    phase: Phase
+        problem = PodProblem(REASON_CHILD_REJECTED if apply_rejected else st.REASON_APPLY_FAILED, _clip(apply_error))
     if observation.workload is None:
-        phase = "Failed" if not decision.fits else "Pending"
-        why = "no serving workload: " + (decision.reason if not decision.fits else "creating it")
-        cond(st.READY, "False", st.REASON_DOES_NOT_FIT if not decision.fits else st.REASON_UNAVAILABLE, _clip(why))
-        cond(st.PROGRESSING, "False" if not decision.fits else "True", st.REASON_ROLLING_OUT, "")
-        cond(st.DEGRADED, "False", st.REASON_HEALTHY, "")
+        phase, fields = _without_workload(decision, problem, rejected=apply_rejected)
     else:
-        if desired == 0:
-            cond(st.READY, "True", st.REASON_SCALED_TO_ZERO, "spec.replicas is 0; scale up to serve")
-        elif ready >= desired and not rolling and problem is None:
-            cond(st.READY, "True", st.REASON_AVAILABLE, f"{ready}/{desired} replicas ready")
-        else:
-            reason = problem.reason if problem else st.REASON_UNAVAILABLE
-            detail = problem.message if problem else "waiting for the model to load and /health to answer"
-            cond(st.READY, "False", reason, _clip(f"{ready}/{desired} replicas ready; {detail}"))
-        if rolling:
-            cond(st.PROGRESSING, "True", st.REASON_ROLLING_OUT, f"{updated}/{desired} replicas updated")
-        else:
-            cond(st.PROGRESSING, "False", st.REASON_ROLLED_OUT, "all replicas run the current spec")
-        if problem:
-            cond(st.DEGRADED, "True", problem.reason, problem.message)
-        else:
-            cond(st.DEGRADED, "False", st.REASON_HEALTHY, "")
-        phase = _phase(problem, ready=ready, desired=desired, rolling=rolling)
+        phase, fields = _with_workload(problem, ready=ready, updated=updated, desired=desired, rolling=rolling)
+    conditions = [_fits_condition(decision, generation, now)]
+    conditions += [make_condition(*f, generation=generation, now=now) for f in fields]
     if rollout is not None:
         conditions.append(_rollout_condition(rollout, generation, now))
     scaling = autoscaling if spec.autoscaling.enabled else None
@@ -210,10 +255,13 @@ def _rollout_condition(rollout: AdapterRolloutStatus, generation: int, now: str)
     return make_condition(st.ADAPTER_ROLLOUT, status, reason, _clip(message), generation=generation, now=now)
 
 
+FIX_THE_SPEC = "Fix the spec and apply it again."
+
+
 def invalid_spec_status(
-    message: str, *, generation: int, previous: Sequence[Condition], now: str
+    message: str, *, generation: int, previous: Sequence[Condition], now: str, next_step: str = FIX_THE_SPEC
 ) -> LlamaDeploymentStatus:
-    text = _clip(f"{message}. Fix the spec and apply it again.")
+    text = _clip(f"{message}. {next_step}".rstrip(". ") + ".")
     conditions = [
         make_condition(st.READY, "False", st.REASON_INVALID_SPEC, text, generation=generation, now=now),
         make_condition(st.DEGRADED, "True", st.REASON_INVALID_SPEC, text, generation=generation, now=now),

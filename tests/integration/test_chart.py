@@ -60,6 +60,7 @@ CUSTOM_VALUES: dict[str, Any] = {
         "s3Downloader": "registry.example.com/aws-cli:2",
     },
     "prometheusUrl": "http://prometheus-operated.monitoring:9090",
+    "prometheusAllowedUrls": ["http://prometheus.team-a.svc:9090", "https://thanos.example.com/team-b"],
     "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
     "leaderWorkerSet": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
@@ -203,6 +204,7 @@ def test_custom_values_render_namespaced_rbac_monitoring_and_the_operator_config
     assert config.gpu_classes[1].gpus_per_node == 8  # the operator's default fills what the values leave out
     assert config.cpu_cost_per_replica == 0.1
     assert config.prometheus_url == CUSTOM_VALUES["prometheusUrl"]
+    assert config.prometheus_allowed_urls == CUSTOM_VALUES["prometheusAllowedUrls"]
     images = config.engine_images()
     assert set(vars(images).values()) == set(CUSTOM_VALUES["engineImages"].values())
     assert images != EngineImages()

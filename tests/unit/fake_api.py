@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from llama_operator.kube import Kube
+from llama_operator.kube import Kube, KubeError, Reachability
 
 Manifest = dict[str, Any]
 
@@ -35,15 +35,19 @@ def copy_of(body: Manifest) -> Manifest:
 
 class FakeApi(Kube):
     """Objects in memory with resourceVersions; each call is slow enough for passes to interleave.
-    `secrets` maps (namespace, name) to a Secret's decoded data."""
+    `secrets` maps (namespace, name) to a Secret's decoded data; `refuse` maps a kind to the error an
+    apply of it raises (and counts in `writes`, as the apiserver counts a refused request)."""
 
     def __init__(self, owner: Manifest) -> None:
-        self.objects: dict[tuple[str, str], Manifest] = {("LlamaDeployment", "chat"): owner}
+        self.owner_name: str = owner["metadata"]["name"]
+        self.objects: dict[tuple[str, str], Manifest] = {("LlamaDeployment", self.owner_name): owner}
+        self.refuse: dict[str, KubeError] = {}
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.secret_reads: list[tuple[str, str, str]] = []
         self.revision = 1
         self.writes: list[str] = []
         self.lock = threading.Lock()
+        self.reachability = Reachability()
 
     def _bump(self, body: Manifest) -> Manifest:
         self.revision += 1
@@ -54,6 +58,9 @@ class FakeApi(Kube):
         time.sleep(0.002)
         with self.lock:
             self.writes.append(f"apply {manifest['kind']}")
+            refusal = self.refuse.get(manifest["kind"])
+            if refusal is not None:
+                raise refusal
             stored = merge_patch(self.objects.get((manifest["kind"], manifest["metadata"]["name"]), {}), manifest)
             self.objects[(manifest["kind"], manifest["metadata"]["name"])] = stored
             return self._bump(stored)
@@ -85,17 +92,17 @@ class FakeApi(Kube):
 
     def owner(self) -> Manifest:
         with self.lock:
-            return copy_of(self.objects[("LlamaDeployment", "chat")])
+            return copy_of(self.objects[("LlamaDeployment", self.owner_name)])
 
     def children(self) -> list[Manifest]:
         with self.lock:
             return [copy_of(v) for k, v in self.objects.items() if k[0] != "LlamaDeployment"]
 
 
-def owner_manifest(**spec: Any) -> Manifest:
+def owner_manifest(name: str = "chat", **spec: Any) -> Manifest:
     return {
         "apiVersion": "llamaops.io/v1alpha1",
         "kind": "LlamaDeployment",
-        "metadata": {"name": "chat", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
+        "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
         "spec": {"model": {"catalogName": "llama-3.1-8b", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, **spec},
     }

@@ -5,7 +5,7 @@ the autoscaler owns."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -52,11 +52,13 @@ def read(
     *,
     api: FakeApi | None = None,
     operator_prometheus: str | None = OPERATOR_PROMETHEUS,
+    allowed: Sequence[str] = (SPEC_PROMETHEUS,),
 ) -> MetricsRead:
     async def run() -> MetricsRead:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
             return await read_metrics(api or FakeApi(owner_manifest()), http, name="chat", namespace="ns", spec=spec,
-                                      default_prometheus_url=operator_prometheus, now=NOW)  # fmt: skip
+                                      default_prometheus_url=operator_prometheus, now=NOW,
+                                      allowed_prometheus_urls=allowed)  # fmt: skip
 
     return asyncio.run(run())
 
@@ -93,6 +95,52 @@ def test_with_no_prometheus_anywhere_the_read_says_what_to_set() -> None:
     assert metrics.error == "no Prometheus URL: set spec.autoscaling.prometheusUrl or the operator's prometheusUrl"
 
 
+@pytest.mark.parametrize(
+    ("spec_url", "allowed"),
+    [
+        ("http://attacker.example:9090", ()),  # none allowed beyond the operator's own
+        ("http://attacker.example:9090", (SPEC_PROMETHEUS,)),
+        ("http://team-prometheus.monitoring:9091", (SPEC_PROMETHEUS,)),  # another port
+        ("https://team-prometheus.monitoring:9090", (SPEC_PROMETHEUS,)),  # another scheme
+        ("http://team-prometheus.monitoring.evil.example:9090", (SPEC_PROMETHEUS,)),
+        ("http://team-prometheus.monitoring:9090@attacker.example/", (SPEC_PROMETHEUS,)),
+        ("http://kube-apiserver.default:443/api", ("http://kube-apiserver.default:443/prometheus",)),
+        ("http://gw.monitoring/prometheus-admin", ("http://gw.monitoring/prometheus",)),  # not a whole segment
+        ("http://gw.monitoring/prometheus/%2e%2e/admin", ("http://gw.monitoring/prometheus",)),
+    ],
+)
+def test_a_spec_url_the_operator_does_not_allow_is_never_queried(spec_url: str, allowed: tuple[str, ...]) -> None:
+    api = FakeApi(owner_manifest())
+    api.secrets[("ns", "prometheus-reader")] = {"token": "s3cret-token"}
+    prometheus = Prometheus()
+    spec = scaled_spec(prometheusUrl=spec_url, prometheusAuthSecretRef={"name": "prometheus-reader"})
+    metrics = read(spec, prometheus, api=api, allowed=allowed)
+    assert prometheus.requests == [], "the operator sent a query (and the token) to a URL it does not allow"
+    assert api.secret_reads == []
+    assert metrics.samples is None
+    assert metrics.error is not None
+    assert "spec.autoscaling.prometheusUrl" in metrics.error
+    assert "prometheusAllowedUrls" in metrics.error
+
+
+@pytest.mark.parametrize(
+    ("spec_url", "allowed"),
+    [
+        (OPERATOR_PROMETHEUS, ()),  # the operator's own is always allowed
+        (f"{OPERATOR_PROMETHEUS}/", ()),
+        (SPEC_PROMETHEUS, (SPEC_PROMETHEUS,)),
+        ("http://TEAM-prometheus.monitoring:9090", (SPEC_PROMETHEUS,)),  # hosts compare without case
+        ("http://gw.monitoring/prometheus/team-a", ("http://gw.monitoring/prometheus",)),
+        ("http://gw.monitoring:80/prometheus", ("http://gw.monitoring/prometheus/",)),  # the default port
+    ],
+)
+def test_a_spec_url_under_an_allowed_prefix_is_queried(spec_url: str, allowed: tuple[str, ...]) -> None:
+    prometheus = Prometheus()
+    metrics = read(scaled_spec(prometheusUrl=spec_url), prometheus, allowed=allowed)
+    assert metrics.error is None
+    assert [r.url.host for r in prometheus.requests] == [httpx.URL(spec_url).host] * 2
+
+
 def test_every_query_carries_the_bearer_token_of_the_secret() -> None:
     api = FakeApi(owner_manifest())
     api.secrets[("ns", "prometheus-reader")] = {"token": "s3cret-token\n"}
@@ -120,7 +168,7 @@ def unreachable(request: httpx.Request) -> httpx.Response:
     ("handler", "said"),
     [
         (lambda _: httpx.Response(500, text="query processing would load too many samples"),
-         f"{OPERATOR_PROMETHEUS} answered HTTP 500: query processing would load too many samples"),
+         f"{OPERATOR_PROMETHEUS} answered HTTP 500 (Internal Server Error)"),
         (unreachable, f"{OPERATOR_PROMETHEUS} unreachable: ConnectError: connection refused"),
     ],
 )  # fmt: skip

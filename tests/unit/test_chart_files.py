@@ -172,6 +172,7 @@ class TestOperatorConfigMirror:
             OperatorConfig().gpu_classes
         )
         assert chart["cpuCostPerReplica"] == defaults["cpuCostPerReplica"]
+        assert chart["prometheusAllowedUrls"] == defaults["prometheusAllowedUrls"] == []
 
     def test_engine_image_keys_map_to_engine_images_fields(self) -> None:
         helpers = (CHART / "templates" / "_helpers.tpl").read_text()

@@ -54,7 +54,8 @@ ALLOWED_KEYWORDS = {
     "x-kubernetes-list-map-keys",
     "x-kubernetes-validations",
 }
-CEL_FIELD = re.compile(r"\bself((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+# `self.a.b` in a CEL rule: the fields it reads (a method call such as `.matches(` is not a field).
+CEL_FIELD = re.compile(r"\bself((?:\.[A-Za-z_][A-Za-z0-9_]*\b(?!\())+)")
 
 
 def crd_version() -> dict[str, Any]:

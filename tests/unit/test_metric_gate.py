@@ -80,6 +80,7 @@ def gate_pass(
     api: FakeApi | None = None,
     operator_prometheus: str | None = OPERATOR_PROMETHEUS,
     canary_verified_seconds_ago: float = 2 * WINDOW_SECONDS,
+    allowed: tuple[str, ...] = (SPEC_PROMETHEUS,),
 ) -> RolloutResult:
     """One pass of the rollout at the gate, as the reconcile pass calls it."""
 
@@ -96,6 +97,7 @@ def gate_pass(
                 pods=[canary_pod()],
                 prometheus_url=operator_prometheus,
                 now=NOW,
+                prometheus_allowed_urls=allowed,
             )
 
     return asyncio.run(run())
@@ -123,6 +125,20 @@ def test_the_gate_asks_the_prometheus_of_the_spec_before_the_operator_default() 
     result = gate_pass(gated_spec(prometheusUrl=SPEC_PROMETHEUS), prometheus, operator_prometheus=OPERATOR_PROMETHEUS)
     assert [str(r.url.copy_with(query=None)) for r in prometheus.requests] == [f"{SPEC_PROMETHEUS}/api/v1/query"]
     assert result.state.phase == "Succeeded"
+
+
+def test_a_spec_url_the_operator_does_not_allow_is_never_asked_and_the_gate_fails() -> None:
+    api = FakeApi(owner_manifest())
+    api.secrets[("ns", "prometheus-reader")] = {"token": "s3cret-token"}
+    prometheus = Prometheus(value=0.0)
+    spec = gated_spec(
+        prometheusUrl="http://attacker.example:9090", prometheusAuthSecretRef={"name": "prometheus-reader"}
+    )
+    result = gate_pass(spec, prometheus, api=api, allowed=())
+    assert prometheus.requests == [], "the gate sent a query (and the token) to a URL the operator does not allow"
+    assert api.secret_reads == []
+    assert result.state.phase == "RolledBack"
+    assert any("prometheusAllowedUrls" in line for line in result.smoke_results), result.smoke_results
 
 
 def test_without_a_spec_url_the_gate_asks_the_operator_default() -> None:
@@ -173,7 +189,7 @@ def server_error(request: httpx.Request) -> httpx.Response:
     ("handler", "said"),
     [
         (unreachable, "unreachable: ConnectError: connection refused"),
-        (server_error, "answered HTTP 500: query timed out"),
+        (server_error, "answered HTTP 500 (Internal Server Error)"),  # the body stays out of the status
     ],
 )
 def test_a_prometheus_that_cannot_answer_does_not_pass_the_gate(

@@ -18,6 +18,7 @@ from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.autoscale.decision import Sample
 from llama_operator.autoscale.evaluate import MetricsRead, decide_and_scale, status_patch
 from llama_operator.autoscale.queries import engine_queries
+from llama_operator.kube import RejectedError, UnreachableError
 from llama_operator.observed import ObjectView, child_record, children_by_kind, slim_pod
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.passes import PassInput, PassRunner, slim_owner
@@ -176,3 +177,116 @@ def test_the_cached_owner_still_names_the_object_for_events() -> None:
     assert {k: slim["metadata"][k] for k in ("name", "namespace", "uid")} == {"name": "chat", "namespace": "ns",
                                                                              "uid": "uid-1"}  # fmt: skip
     assert "managedFields" not in slim["metadata"]
+
+
+class Clock:
+    """Monotonic seconds the test moves by hand (back-offs)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+TOLERATION_INVALID = RejectedError(
+    422, "Unprocessable Entity",
+    'Deployment.apps "chat" is invalid: spec.template.spec.tolerations[0].operator: Unsupported value: "Equals": '
+    'supported values: "Equal", "Exists"',
+)  # fmt: skip
+
+
+def condition_of(api: FakeApi, type_: str) -> Manifest:
+    return next(c for c in api.owner()["status"]["conditions"] if c["type"] == type_)
+
+
+def recheck_in(runner: PassRunner) -> float:
+    return runner._rechecks[KEY].when() - asyncio.get_running_loop().time()
+
+
+def test_a_refused_child_is_in_status_and_its_body_is_not_sent_again_before_the_backoff() -> None:
+    api = FakeApi(owner_manifest())
+    api.refuse["Deployment"] = TOLERATION_INVALID
+    clock = Clock()
+    runner = PassRunner(OperatorContext(kube=api, config=OperatorConfig(), clock=clock))
+
+    async def scenario() -> list[float]:
+        await runner.run(KEY, reader(api), "owner")
+        delays = [recheck_in(runner)]
+        for _ in range(5):  # events while the back-off runs: no apply, no status write
+            await runner.run(KEY, reader(api), "pod")
+        assert api.writes.count("apply Deployment") == 1
+        clock.now += 11
+        result = await runner.run(KEY, reader(api), "rollout-timer")  # the back-off is over: one more try
+        assert result is not None
+        delays.append(result[0].retry_in(clock.now) or 0.0)
+        return delays
+
+    delays = asyncio.run(scenario())
+    assert api.writes.count("apply Deployment") == 2
+    assert [w for w in api.writes if w.startswith("apply ") and w != "apply Deployment"] == [
+        "apply Service", "apply PodDisruptionBudget"]  # the others were applied once, and left alone  # fmt: skip
+    assert 9 <= delays[0] <= 10.5
+    assert 19 <= delays[1] <= 20.5, "the second try waits twice as long"
+    status = api.owner()["status"]
+    assert status["phase"] == "Failed"
+    degraded = condition_of(api, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ChildRejected")
+    assert "spec.template.spec.tolerations[0].operator: Unsupported value" in degraded["message"]
+    assert len([w for w in api.writes if w.startswith("status ")]) == 1, "an unchanged refusal is written once"
+
+
+def test_a_changed_spec_is_applied_at_once_and_clears_the_refusal() -> None:
+    api = FakeApi(owner_manifest())
+    api.refuse["Deployment"] = TOLERATION_INVALID
+    runner = PassRunner(OperatorContext(kube=api, config=OperatorConfig(), clock=Clock()))
+
+    async def scenario() -> None:
+        await runner.run(KEY, reader(api), "owner")
+        del api.refuse["Deployment"]
+        api.objects[("LlamaDeployment", "chat")]["spec"]["replicas"] = 2  # the user fixed the spec
+        await runner.run(KEY, reader(api), "owner")
+
+    asyncio.run(scenario())
+    assert api.writes.count("apply Deployment") == 2
+    degraded = condition_of(api, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("False", "Healthy")
+    assert api.owner()["status"]["phase"] != "Failed"
+    assert not runner.ctx.failures._failures  # nothing held back any more
+
+
+def test_an_apiserver_that_does_not_answer_stops_the_pass_and_is_tried_by_the_next() -> None:
+    api = FakeApi(owner_manifest())
+    api.refuse["Deployment"] = UnreachableError("ConnectionRefusedError: [Errno 111] Connection refused")
+    runner = PassRunner(OperatorContext(kube=api, config=OperatorConfig(), clock=Clock()))
+
+    async def scenario() -> float:
+        await runner.run(KEY, reader(api), "owner")
+        result = await runner.run(KEY, reader(api), "pod")
+        assert result is not None
+        return result[0].retry_in(1000.0) or 0.0
+
+    delay = asyncio.run(scenario())
+    assert [w for w in api.writes if w.startswith("apply ")] == ["apply Deployment", "apply Deployment"]
+    degraded = condition_of(api, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    assert api.owner()["status"]["phase"] == "Degraded"
+    assert 9 <= delay <= 10.5, "the second failure in a row waits 10 s"
+
+
+@pytest.mark.parametrize(
+    ("name", "found"),
+    [("chat.v2", "contains dots"), ("x" * 64, "has 64 characters"), ("3b-chat", "does not start with a letter")],
+)
+def test_a_name_no_service_can_take_is_an_invalid_spec_before_any_apply(name: str, found: str) -> None:
+    api = FakeApi(owner_manifest(name=name))
+    runner = runner_for(api)
+    asyncio.run(runner.run(("ns", name), reader(api), "owner"))
+    assert not [w for w in api.writes if w.startswith("apply ")]
+    status = api.owner()["status"]
+    assert status["phase"] == "Failed"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert found in ready["message"]
+    assert "DNS-1035" in ready["message"]
+    assert "create the LlamaDeployment again under a name such as" in ready["message"]

@@ -155,3 +155,71 @@ def test_a_refused_child_blocks_ready_whatever_the_pods_say() -> None:
     assert ready.reason == "ApplyFailed"
     assert "services is forbidden" in ready.message
     assert status.phase == "Degraded"
+
+
+TOLERATION_REFUSAL = (
+    'the apiserver refused Deployment/chat: Deployment.apps "chat" is invalid: '
+    'spec.template.spec.tolerations[0].operator: Unsupported value: "Equals": supported values: '
+    '"Equal", "Exists"; fix the field it names in the spec'
+)
+
+
+def test_a_refused_workload_fails_with_the_apiservers_words() -> None:
+    """The Deployment itself was refused: nothing will serve until the spec changes, and status says why
+    (it used to say Pending, Degraded=False Healthy)."""
+    status = report("chat", "team", SPEC, DECISION, Observation(), generation=3, previous=[], now=T1,
+                    apply_error=TOLERATION_REFUSAL, apply_rejected=True)  # fmt: skip
+    assert status.phase == "Failed"
+    ready, degraded = find_condition(status.conditions, "Ready"), find_condition(status.conditions, "Degraded")
+    assert ready is not None
+    assert degraded is not None
+    assert (ready.status, ready.reason) == ("False", "ChildRejected")
+    assert (degraded.status, degraded.reason) == ("True", "ChildRejected")
+    assert "spec.template.spec.tolerations[0].operator: Unsupported value" in degraded.message
+    assert "Deployment/chat" in ready.message
+
+
+def test_a_failed_apply_without_a_workload_is_degraded_not_pending() -> None:
+    status = report("chat", "team", SPEC, DECISION, Observation(), generation=3, previous=[], now=T1,
+                    apply_error="could not apply Deployment/chat: 403 Forbidden: deployments.apps is forbidden")  # fmt: skip
+    assert status.phase == "Degraded"
+    degraded = find_condition(status.conditions, "Degraded")
+    assert degraded is not None
+    assert (degraded.status, degraded.reason) == ("True", "ApplyFailed")
+
+
+def test_a_refused_update_keeps_the_running_workload_degraded() -> None:
+    status = report("chat", "team", SPEC, DECISION, Observation(workload=deployment(ready=2)), generation=3,
+                    previous=[], now=T1, apply_error=TOLERATION_REFUSAL, apply_rejected=True)  # fmt: skip
+    assert status.phase == "Degraded"
+    ready = find_condition(status.conditions, "Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("False", "ChildRejected")
+
+
+def test_pods_the_replicaset_cannot_create_show_the_admission_message() -> None:
+    workload = deployment(ready=0, updated=0, replicas=0)
+    workload["metadata"]["name"] = "chat"
+    message = ('pods "chat-7d9f8b6c5-" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=0, '
+               "limited: pods=0")  # fmt: skip
+    workload["status"]["conditions"] = [
+        {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message},
+    ]
+    status = status_of(Observation(workload=workload))
+    assert status.phase == "Degraded"
+    degraded = find_condition(status.conditions, "Degraded")
+    ready = find_condition(status.conditions, "Ready")
+    assert degraded is not None
+    assert ready is not None
+    assert (degraded.status, degraded.reason) == ("True", "PodsRejected")
+    assert message in degraded.message
+    assert "Deployment chat cannot create pods" in degraded.message
+    assert ready.reason == "PodsRejected"
+
+
+def test_a_cleared_replica_failure_is_healthy_again() -> None:
+    workload = deployment(ready=2)
+    workload["status"]["conditions"] = [{"type": "ReplicaFailure", "status": "False", "reason": "FailedCreate"}]
+    status = status_of(Observation(workload=workload))
+    assert status.phase == "Ready"

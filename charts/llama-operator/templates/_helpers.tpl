@@ -63,6 +63,9 @@ image overrides, Prometheus. Built as a dict and rendered with toYaml so numbers
 {{- with .Values.prometheusUrl }}
 {{- $_ := set $config "prometheusUrl" . }}
 {{- end }}
+{{- with .Values.prometheusAllowedUrls }}
+{{- $_ := set $config "prometheusAllowedUrls" . }}
+{{- end }}
 {{- with .Values.hubEndpoint }}
 {{- $_ := set $config "hubEndpoint" . }}
 {{- end }}

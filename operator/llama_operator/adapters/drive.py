@@ -35,7 +35,7 @@ from llama_operator.api.spec import Adapter, LlamaDeploymentSpec, SecretKeyRef
 from llama_operator.api.status import AdapterRolloutStatus, EngineCheck, LlamaDeploymentStatus
 from llama_operator.api.timestamps import epoch_seconds, rfc3339
 from llama_operator.kube import Kube, KubeError
-from llama_operator.promql import PrometheusError, instant_query
+from llama_operator.promql import PrometheusError, choose_prometheus_url, instant_query
 from llama_operator.status_report import container_problem
 
 Manifest = dict[str, Any]
@@ -233,6 +233,7 @@ async def drive_rollout(
     pods: Sequence[Manifest],
     prometheus_url: str | None,
     now: float,
+    prometheus_allowed_urls: Sequence[str] = (),
 ) -> RolloutResult:
     """Decide the next rollout step and start its checks; smoke requests and adapter loads run in the
     background (see `checks`), so this returns in the time of a metric-gate query at most."""
@@ -248,7 +249,8 @@ async def drive_rollout(
     results: list[str] = []
     if any(isinstance(a, EvaluateMetricGate) for a in step.actions):
         try:
-            url = spec.autoscaling.prometheus_url or prometheus_url
+            # The object's Prometheus only when the operator allows it (prometheusAllowedUrls): else no query.
+            url = choose_prometheus_url(spec.autoscaling.prometheus_url, prometheus_url, prometheus_allowed_urls)
             value = await _metric_gate_value(io.kube, io.http, namespace, spec, url)
         except PrometheusError as error:
             value = float("inf")  # a gate that cannot be read does not pass

@@ -8,6 +8,10 @@ from llama_operator.api.status import Condition, ConditionStatus
 
 CONDITION_ORDER = ("Ready", "Fits", "Progressing", "Degraded", "AdapterRollout", "ScalingActive")
 
+# Reasons of refusals by the apiserver (the others are in `api.status`).
+REASON_CHILD_REJECTED = "ChildRejected"  # the apiserver refused a child as invalid (400/422): fix the spec
+REASON_PODS_REJECTED = "PodsRejected"  # the workload cannot create pods (ReplicaFailure/FailedCreate)
+
 
 def make_condition(
     type_: str, status: ConditionStatus, reason: str, message: str, *, generation: int, now: str

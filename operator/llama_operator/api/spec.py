@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_v
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 
+from llama_operator.api.string_rules import (
+    LOCAL_URL,
+    NAMES_A_FILE,
+    SOURCE_CHECKS,
+    SourceCheck,
+    cel_matches,
+    fully_matches,
+)
+
 GROUP = "llamaops.io"
 VERSION = "v1alpha1"
 KIND = "LlamaDeployment"
@@ -46,7 +55,8 @@ GGUF_ONLY_QUANTIZATIONS = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q
 SAFETENSORS_ONLY_QUANTIZATIONS = ("none", "fp16", "fp8", "int8", "int4", "awq", "gptq")
 EngineName = Literal["auto", "vllm", "tgi", "llamacpp"]
 
-SOURCE_PATTERN = r"^(hf|pvc|s3|https)://[^\s]+$"
+# No whitespace and no control characters: a source is shown in logs, events and kubectl output.
+SOURCE_PATTERN = r"^(hf|pvc|s3|https)://[^\s\x00-\x1f\x7f]+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -92,6 +102,35 @@ class RuledModel(CamelModel):
         if broken:
             raise ValueError("; ".join(rule.message for rule in broken))
         return self
+
+
+def model_source_rules() -> tuple[Rule, ...]:
+    """The source checks on `model.source` (a rule of the Model object)."""
+    return tuple(
+        Rule(check.cel("self.source"), f"model.source{check.message}", _model_source_holds(check), ".source")
+        for check in SOURCE_CHECKS
+    )
+
+
+def adapter_source_rules() -> tuple[Rule, ...]:
+    """The source checks on every `adapters[].source`: rules of the spec, because Adapter is also a status type."""
+    return tuple(
+        Rule(
+            f"!has(self.adapters) || self.adapters.all(a, {check.cel('a.source')})",
+            f"adapters[].source{check.message}",
+            _adapter_sources_hold(check),
+            ".adapters",
+        )
+        for check in SOURCE_CHECKS
+    )
+
+
+def _model_source_holds(check: SourceCheck) -> Callable[[Any], bool]:
+    return lambda model: check.holds(model.source)
+
+
+def _adapter_sources_hold(check: SourceCheck) -> Callable[[Any], bool]:
+    return lambda spec: all(check.holds(adapter.source) for adapter in spec.adapters)
 
 
 class Architecture(RuledModel):
@@ -178,6 +217,14 @@ class Model(RuledModel):
             ),
             ".contextLength",
         ),
+        *model_source_rules(),
+        Rule(
+            f"self.format != 'gguf' || {cel_matches('self.source', NAMES_A_FILE)}",
+            "model.format: gguf loads one file: name it in model.source, e.g. "
+            "hf://org/repo/model-Q4_K_M.gguf or pvc://models/model-Q4_K_M.gguf",
+            lambda m: m.format != "gguf" or fully_matches(NAMES_A_FILE, m.source),
+            ".source",
+        ),
     )
 
     catalog_name: CatalogName | None = Field(
@@ -190,7 +237,11 @@ class Model(RuledModel):
     source: str = Field(
         pattern=SOURCE_PATTERN,
         max_length=2048,
-        description="Where the weights come from: hf://org/repo[/file.gguf], pvc://claim/path, s3://bucket/path or https://...",
+        description=(
+            "Where the weights come from: hf://org/repo[/file.gguf], pvc://claim/path, s3://bucket/path or "
+            "https://host/path (a checkpoint folder there is a tar archive, unpacked). Paths have no empty, "
+            "'.' or '..' segments."
+        ),
     )
     format: Literal["safetensors", "gguf"] = Field(default="safetensors", description="Weight file format.")
     quantization: Quantization = Field(
@@ -308,6 +359,14 @@ class Autoscaling(RuledModel):
             lambda a: a.min_replicas <= a.max_replicas,
             ".minReplicas",
         ),
+        Rule(
+            f"!has(self.prometheusUrl) || !{cel_matches('self.prometheusUrl', LOCAL_URL, ignore_case=True)}",
+            "autoscaling.prometheusUrl must not point at the operator's own host or a link-local address "
+            "(localhost, 127.0.0.0/8, 0.0.0.0, 169.254.0.0/16, ::1, fe80::/10); "
+            "name the Prometheus Service, e.g. http://prometheus-operated.monitoring:9090",
+            lambda a: a.prometheus_url is None or not fully_matches(LOCAL_URL, a.prometheus_url, ignore_case=True),
+            ".prometheusUrl",
+        ),
     )
 
     enabled: bool = Field(default=False, description="Let the operator set spec.replicas from queue metrics.")
@@ -329,7 +388,10 @@ class Autoscaling(RuledModel):
         default=None,
         pattern=r"^https?://[^\s]+$",
         max_length=2048,
-        description="Overrides the operator-wide Prometheus URL.",
+        description=(
+            "Overrides the operator-wide Prometheus URL; the operator queries it only when it is under one of "
+            "the operator's prometheusAllowedUrls."
+        ),
     )
     prometheus_auth_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Bearer token for Prometheus, from a Secret in this namespace."
@@ -343,7 +405,14 @@ class Autoscaling(RuledModel):
 
 class Adapter(CamelModel):
     name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Adapter name clients send as `model`.")
-    source: str = Field(pattern=SOURCE_PATTERN, max_length=2048, description="Where the adapter comes from.")
+    source: str = Field(
+        pattern=SOURCE_PATTERN,
+        max_length=2048,
+        description=(
+            "Where the adapter comes from: hf://org/repo[/file.gguf], pvc://claim/path, s3://bucket/path or "
+            "https://host/path (a PEFT folder there is a tar archive, unpacked)."
+        ),
+    )
     version: str = Field(
         min_length=1,
         max_length=128,
@@ -452,6 +521,25 @@ class LlamaDeploymentSpec(RuledModel):
                 or (s.engine.type in ("auto", "vllm") and s.model.format == "safetensors")
             ),
             ".model.kvCacheDtype",
+        ),
+        *adapter_source_rules(),
+        Rule(
+            "self.model.format != 'gguf' || !has(self.adapters) || "
+            f"self.adapters.all(a, {cel_matches('a.source', NAMES_A_FILE)})",
+            "with model.format: gguf every adapter is one GGUF file: name it in adapters[].source, e.g. "
+            "hf://org/repo/adapter.gguf or pvc://adapters/adapter.gguf",
+            lambda s: s.model.format != "gguf" or all(fully_matches(NAMES_A_FILE, a.source) for a in s.adapters),
+            ".adapters",
+        ),
+        Rule(
+            "!self.autoscaling.enabled || "
+            "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+            "replicas must lie within autoscaling.minReplicas and maxReplicas while autoscaling is enabled; "
+            "set replicas inside the bounds and the autoscaler moves it from there",
+            lambda s: (
+                not s.autoscaling.enabled or s.autoscaling.min_replicas <= s.replicas <= s.autoscaling.max_replicas
+            ),
+            ".replicas",
         ),
     )
 

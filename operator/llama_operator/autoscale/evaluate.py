@@ -31,7 +31,7 @@ from llama_operator.autoscale.queries import (
 from llama_operator.kube import Kube
 from llama_operator.metrics import PROMETHEUS_ERRORS, SCALING_DECISIONS, SCALING_METRIC
 from llama_operator.planning import resolve_engine
-from llama_operator.promql import PrometheusError, instant_query
+from llama_operator.promql import PrometheusError, PrometheusUrlRefusedError, choose_prometheus_url, instant_query
 
 Manifest = dict[str, Any]
 
@@ -109,15 +109,23 @@ async def read_metrics(
     spec: LlamaDeploymentSpec,
     default_prometheus_url: str | None,
     now: float,
+    allowed_prometheus_urls: Sequence[str] = (),
 ) -> MetricsRead:
-    """Query Prometheus for this deployment's metric; every query is bounded by the client's timeout."""
+    """Query Prometheus for this deployment's metric; every query is bounded by the client's timeout.
+
+    spec.autoscaling.prometheusUrl is queried only under the operator's own URL or one of
+    `allowed_prometheus_urls` (the operator's prometheusAllowedUrls); otherwise nothing is queried.
+    """
     scaling = spec.autoscaling
     engine = resolve_engine(spec)
     queries = (
         custom_queries(scaling.query) if scaling.query else engine_queries(engine, scaling.metric, namespace, name)
     )
     target = scaling.target_per_replica or default_target(engine, scaling.metric, spec.serving.max_concurrent_sequences)
-    url = scaling.prometheus_url or default_prometheus_url
+    try:
+        url = choose_prometheus_url(scaling.prometheus_url, default_prometheus_url, allowed_prometheus_urls)
+    except PrometheusUrlRefusedError as refused:
+        return MetricsRead(queries, target, None, str(refused))
     if url is None:
         error = "no Prometheus URL: set spec.autoscaling.prometheusUrl or the operator's prometheusUrl"
         return MetricsRead(queries, target, None, error)

@@ -7,7 +7,7 @@ branches on an engine's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +42,23 @@ class EngineContainer:
     metrics_path: str
     volumes: list[Manifest] = field(default_factory=list)
     init_containers: list[Manifest] = field(default_factory=list)
+    # Who the pod runs as (pod.py): non-root under the `restricted` Pod Security Standard, unless the engine
+    # names why its image cannot (`restricted_exception`); everything `baseline` asks holds either way.
+    pod_security_context: Manifest = field(default_factory=dict)
+    restricted_exception: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderedFlags:
+    """The flags the operator renders on an engine's command line, and the other spellings its parser reads
+    as one of them: `engine.extraArgs` may not repeat one (planning refuses the spec, naming what sets it)."""
+
+    # flag -> what sets it: a spec field ("spec.model.contextLength"), or why the operator owns it.
+    sources: Mapping[str, str]
+    # another spelling -> the flag it means (short forms, negations, alternative names).
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    # The parser takes a unique prefix of a long flag (argparse's allow_abbrev).
+    abbreviations: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,8 @@ class Engine:
     smoke_style: SmokeStyle
     supports_runtime_lora: bool = False
     runtime_lora_sources: tuple[str, ...] = ()  # source prefixes the engine fetches itself at run time
+    # The flags its command line gets from the operator (see RenderedFlags).
+    rendered_flags: RenderedFlags = field(default_factory=lambda: RenderedFlags({}))
 
     def __post_init__(self) -> None:
         if self.supports_runtime_lora != bool(self.runtime_lora_sources):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
+from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer, RenderedFlags
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
@@ -19,6 +19,47 @@ PORT = 8080
 QUEUE_METRIC = "llamacpp:requests_deferred"
 RUNNING_METRIC = "llamacpp:requests_processing"
 SERVER_BINARY = "/app/llama-server"
+# What sets each flag the operator renders; engine.extraArgs may not repeat one, in any spelling llama-server reads.
+RENDERED_FLAGS = RenderedFlags(
+    sources={
+        "--model": "spec.model.source",
+        "--alias": "spec.serving.servedModelName",
+        "--host": "the pod listens on its own address, behind its Service",
+        "--port": "the port the probes, the Service and the metrics scrape use",
+        "--metrics": "the autoscaler reads the engine's /metrics",
+        "--n-gpu-layers": "spec.placement",
+        "--ctx-size": "spec.model.contextLength",
+        "--parallel": "spec.serving.maxConcurrentSequences",
+        "--ubatch-size": "the batch the sizing planned compute buffers for",
+        "--cache-type-k": "the f16 KV cache the sizing planned",
+        "--cache-type-v": "the f16 KV cache the sizing planned",
+        "--threads-http": "spec.serving.maxConcurrentSequences",
+        "--split-mode": "spec.placement.gpuCount",
+        "--lora": "spec.adapters",
+        "--lora-init-without-apply": "spec.adapters",
+        "--jinja": "spec.serving.toolCalling",
+    },
+    aliases={
+        "-m": "--model",
+        "-mu": "--model",
+        "--model-url": "--model",
+        "-hf": "--model",
+        "-hfr": "--model",
+        "--hf-repo": "--model",
+        "-hff": "--model",
+        "--hf-file": "--model",
+        "-a": "--alias",
+        "-ngl": "--n-gpu-layers",
+        "--gpu-layers": "--n-gpu-layers",
+        "-c": "--ctx-size",
+        "-np": "--parallel",
+        "-ub": "--ubatch-size",
+        "-ctk": "--cache-type-k",
+        "-ctv": "--cache-type-v",
+        "-sm": "--split-mode",
+        "--no-jinja": "--jinja",
+    },
+)
 
 
 def llamacpp_http_threads(parallel: int) -> int:
@@ -94,4 +135,5 @@ ENGINE = Engine(
     # Adapters load at start-up (--lora); a request selects one by its id in the sorted names.
     smoke_style="lora-ids",
     supports_runtime_lora=False,
+    rendered_flags=RENDERED_FLAGS,
 )

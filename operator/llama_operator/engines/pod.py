@@ -1,10 +1,11 @@
-"""Pod pieces every engine shares: model download, probes, drain, resources, volumes."""
+"""Pod pieces every engine shares: model download, probes, drain, resources, volumes, pod security."""
 
 from __future__ import annotations
 
 import posixpath
 import shlex
 from typing import TYPE_CHECKING
+from urllib.parse import quote as url_quote
 
 from llama_operator.engines.engine import ADAPTER_MOUNT, HTTP_PORT_NAME, MODEL_MOUNT, EngineContainer, Manifest
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, MIB
@@ -22,6 +23,25 @@ CPU_PER_GPU = 4
 CPU_FOR_CPU_PLAN = 4
 HF_TOKEN_ENV = "HF_TOKEN"  # noqa: S105 - the variable name, not a secret
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # read by huggingface_hub, so by snapshot_download and by vLLM's adapter loads
+
+# Pod Security: every pod meets the `restricted` Pod Security Standard unless its engine names why its image
+# cannot (engine_container's `runs_as_root`); then it still meets `baseline` and says so in an annotation.
+# No pinned image needs a particular uid: HOME (and so every cache below it) is a writable volume, not the
+# image's home directory. (vLLM's image also ships a `vllm` user, uid 2000 in group 0; llama.cpp's defines
+# none.) A uid without a passwd entry only matters to getpass, and torch's inductor falls back to the uid.
+RUN_AS_USER = 1000
+RUN_AS_GROUP = 1000
+HOME_ENV = "HOME"
+HF_HOME_ENV = "HF_HOME"  # huggingface_hub's cache and token folder; TGI's image points it at /data
+# HOME of every container that runs as RUN_AS_USER: the Hugging Face cache, vLLM's torch.compile cache
+# (VLLM_CACHE_ROOT defaults to $XDG_CACHE_HOME/vllm, else ~/.cache/vllm), Triton's and CUDA's kernel caches,
+# FlashInfer's JIT cache and ~/.config all land below it.
+HOME_MOUNT = "/home/engine"
+HOME_VOLUME = "home"
+TMP_MOUNT = "/tmp"  # noqa: S108 - a mount point: Ray's session folder, vLLM's IPC sockets, compilers' scratch
+TMP_VOLUME = "tmp"
+SCRATCH_SIZE_LIMIT = "10Gi"
+RESTRICTED_EXCEPTION_ANNOTATION = "llamaops.io/pod-security-exception"
 
 
 def http_probe(port_name: str, *, period: int, failures: int, timeout: int = 5) -> Manifest:
@@ -85,13 +105,53 @@ def adapter_path(inp: EngineInput, name: str, version: str) -> str:
     return base + ".gguf" if inp.spec.model.format == "gguf" else base
 
 
-def hub_endpoint_env(inp: EngineInput) -> list[Manifest]:
-    """The hub (or the mirror) huggingface_hub downloads from, for containers that download hf:// sources."""
-    return [{"name": HF_ENDPOINT_ENV, "value": inp.hub_endpoint}]
+def container_security_context(*, read_only_root: bool) -> Manifest:
+    """What `restricted` asks of every container (no privilege escalation, no capabilities), and a read-only
+    root filesystem where the engine writes only to its volumes."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+    }
+
+
+def pod_security_context(restricted_exception: str | None) -> Manifest:
+    """Non-root with a fixed uid, gid and fsGroup under the runtime's default seccomp profile; with an
+    exception, the image's own user (root) under the same seccomp profile."""
+    seccomp = {"type": "RuntimeDefault"}
+    if restricted_exception is not None:
+        return {"runAsNonRoot": False, "seccompProfile": seccomp}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_GROUP,
+        "fsGroup": RUN_AS_GROUP,
+        # The kubelet walks a volume only when its top folder's group or mode differ, not on every start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": seccomp,
+    }
+
+
+def scratch_volumes() -> list[Manifest]:
+    """HOME and /tmp, writable under a read-only root filesystem; gone with the pod."""
+    return [
+        {"name": HOME_VOLUME, "emptyDir": {"sizeLimit": SCRATCH_SIZE_LIMIT}},
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": SCRATCH_SIZE_LIMIT}},
+    ]
+
+
+def scratch_mounts() -> list[Manifest]:
+    return [{"name": HOME_VOLUME, "mountPath": HOME_MOUNT}, {"name": TMP_VOLUME, "mountPath": TMP_MOUNT}]
 
 
 def _fetch_script(source: str, target: str, *, single_file: bool, hub_endpoint: str) -> tuple[str, str]:
-    """(image kind, shell script) that downloads `source` into `target`, skipping a finished download."""
+    """(image kind, shell script) that downloads `source` into `target`, skipping a finished download.
+
+    Every value from a spec or the operator's settings is one shell word, quoted: a source may hold any
+    character but whitespace and control characters, and none of them may act on the shell. A hub file's
+    path is URL-encoded, so `#`, `?` and `%` in a file name stay part of it. An https:// folder (a checkpoint
+    or a PEFT adapter) is one tar archive, unpacked into the folder.
+    """
     scheme, rest = split_source(source)
     done = shlex.quote(target + ".done") if single_file else shlex.quote(posixpath.join(target, ".done"))
     quoted = shlex.quote(target)
@@ -102,7 +162,7 @@ def _fetch_script(source: str, target: str, *, single_file: bool, hub_endpoint: 
         parts = rest.split("/")
         repo = "/".join(parts[:2])
         if single_file:
-            file_path = "/".join(parts[2:])
+            file_path = url_quote("/".join(parts[2:]), safe="/")
             url = shlex.quote(f"{hub_endpoint.rstrip('/')}/{repo}/resolve/main/{file_path}")
             auth = f'${{{HF_TOKEN_ENV}:+-H}} ${{{HF_TOKEN_ENV}:+"Authorization: Bearer ${HF_TOKEN_ENV}"}}'
             script = f"curl -fL --retry 5 --retry-delay 5 {auth} -o {quoted}.part {url} && mv {quoted}.part {quoted}"
@@ -115,26 +175,36 @@ def _fetch_script(source: str, target: str, *, single_file: bool, hub_endpoint: 
         flag = "" if single_file else " --recursive"
         return "s3", prefix + f"aws s3 cp{flag} {shlex.quote('s3://' + rest)} {quoted} && touch {done}"
     # https
-    script = f"curl -fL --retry 5 --retry-delay 5 -o {quoted}.part {shlex.quote(source)} && mv {quoted}.part {quoted}"
-    return "curl", prefix + script + f" && touch {done}"
+    fetch = f"curl -fL --retry 5 --retry-delay 5 -o {quoted}.part {shlex.quote(source)}"
+    if single_file:
+        return "curl", prefix + f"{fetch} && mv {quoted}.part {quoted} && touch {done}"
+    unpack = f"tar -xf {quoted}.part -C {quoted} && rm {quoted}.part"
+    return "curl", prefix + f"mkdir -p {quoted} && {fetch} && {unpack} && touch {done}"
 
 
 def _downloader(
     inp: EngineInput, name: str, source: str, target: str, engine_image: str, *, single_file: bool
 ) -> Manifest:
+    """One download into the model or adapter volume, on a read-only root filesystem: the download tools
+    write only to that volume, HOME and /tmp. snapshot_download gets HF_HOME below HOME too, because an
+    engine image may point it elsewhere (TGI's at /data)."""
     kind, script = _fetch_script(source, target, single_file=single_file, hub_endpoint=inp.hub_endpoint)
     image = {"curl": inp.images.downloader, "s3": inp.images.s3_downloader}.get(kind, engine_image)
     mount = ADAPTER_MOUNT if target.startswith(ADAPTER_MOUNT) else MODEL_MOUNT
-    container: Manifest = {
+    plain = {HOME_ENV: HOME_MOUNT}
+    if kind == "engine":  # snapshot_download
+        plain[HF_HOME_ENV] = posixpath.join(HOME_MOUNT, ".cache", "huggingface")
+    hub = source.startswith("hf://")
+    if hub:
+        plain[HF_ENDPOINT_ENV] = inp.hub_endpoint
+    return {
         "name": name,
         "image": image,
         "command": ["/bin/sh", "-c", script],
-        "volumeMounts": [{"name": mount.strip("/"), "mountPath": mount}],
+        "volumeMounts": [{"name": mount.strip("/"), "mountPath": mount}, *scratch_mounts()],
+        "env": [{"name": k, "value": plain[k]} for k in sorted(plain)] + (hub_token_env(inp) if hub else []),
+        "securityContext": container_security_context(read_only_root=True),
     }
-    env = [*hub_endpoint_env(inp), *hub_token_env(inp)] if source.startswith("hf://") else []
-    if env:
-        container["env"] = env
-    return container
 
 
 def model_init_containers(inp: EngineInput, engine_image: str) -> list[Manifest]:
@@ -176,7 +246,7 @@ def model_volumes(inp: EngineInput) -> list[Manifest]:
     ]
     if inp.gpus_per_pod > 1:  # NCCL and the engines' worker queues use /dev/shm across TP ranks
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
-    return volumes
+    return volumes + scratch_volumes()
 
 
 def volume_mounts(inp: EngineInput) -> list[Manifest]:
@@ -215,21 +285,30 @@ def engine_container(
     args: list[str],
     engine_env: dict[str, str],
     ports: list[Manifest],
+    runs_as_root: str | None = None,
 ) -> EngineContainer:
-    """What every builder shares: probes, drain, resources, volumes, the model download and metrics on
-    the API port; the engine gives its own image, command, args, env and ports."""
+    """What every builder shares: probes, drain, resources, volumes, the model download, metrics on the
+    API port and pod security; the engine gives its own image, command, args, env and ports.
+
+    The engine runs as RUN_AS_USER on a read-only root filesystem, with HOME and /tmp on writable volumes.
+    `runs_as_root` says why an engine's image cannot: it then runs as the image's own user with the image's
+    HOME on a writable root filesystem (still without capabilities or privilege escalation), and the pod
+    carries the reason in the RESTRICTED_EXCEPTION_ANNOTATION.
+    """
+    non_root = runs_as_root is None
     container = {
         "name": "engine",
         "image": image,
         "command": command,
         "args": args,
-        "env": env_list(inp, engine_env),
+        "env": env_list(inp, {**engine_env, HOME_ENV: HOME_MOUNT} if non_root else engine_env),
         "ports": ports,
         "resources": resources(inp),
-        "volumeMounts": volume_mounts(inp),
+        "volumeMounts": volume_mounts(inp) + (scratch_mounts() if non_root else []),
         "lifecycle": drain_lifecycle(),
         # A crash shows the engine's own last log lines in the pod status (and so in Degraded).
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(read_only_root=non_root),
         **probes(),
     }
     port = next(p["containerPort"] for p in ports if p["name"] == HTTP_PORT_NAME)
@@ -240,6 +319,8 @@ def engine_container(
         metrics_path="/metrics",
         volumes=model_volumes(inp),
         init_containers=model_init_containers(inp, image),
+        pod_security_context=pod_security_context(runs_as_root),
+        restricted_exception=runs_as_root,
     )
 
 

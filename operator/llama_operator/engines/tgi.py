@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
+from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer, RenderedFlags
 from llama_operator.engines.pod import (
     adapter_path,
     engine_container,
@@ -29,6 +29,28 @@ QUANTIZE_FLAGS = {
     "bf16": ["--dtype", "bfloat16"],
     "fp16": ["--dtype", "float16"],
 }
+# What sets each flag the operator renders; engine.extraArgs may not repeat one (clap refuses a second one).
+RENDERED_FLAGS = RenderedFlags(
+    sources={
+        "--model-id": "spec.model.source",
+        "--hostname": "the pod listens on its own address, behind its Service",
+        "--port": "the port the probes and the Service use",
+        "--prometheus-port": "the launcher's metrics port, kept apart from the API port",
+        "--quantize": "spec.model.quantization",
+        "--dtype": "spec.model.quantization",
+        "--num-shard": "spec.placement.gpuCount",
+        "--max-input-tokens": "spec.model.contextLength",
+        "--max-total-tokens": "spec.model.contextLength",
+        "--max-batch-prefill-tokens": "spec.model.contextLength",
+        "--max-batch-total-tokens": "spec.model.contextLength and spec.serving.maxConcurrentSequences",
+    },
+)
+# The exception to the `restricted` Pod Security Standard this engine needs (pod.engine_container). Since
+# 3.1 the image installs its Python with `uv python install` under /root/.local/share/uv (mode 700 /root),
+# and the launcher links libpython from there: any other uid fails before the launcher starts (upstream
+# issue huggingface/text-generation-inference#3082; pull request #3197 would move it). As root, its
+# caches follow the image's HOME (/root) and HF_HOME (/data), on a writable root filesystem.
+RUNS_AS_ROOT = "the TGI image installs its Python under /root, readable by root only (text-generation-inference#3082)"
 
 
 def sizing_args(work: Workload, shape: Shape) -> tuple[str, ...]:
@@ -73,6 +95,7 @@ def render_tgi_container(inp: EngineInput) -> EngineContainer:
             {"name": HTTP_PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
             {"name": "prometheus", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"},
         ],
+        runs_as_root=RUNS_AS_ROOT,
     )
 
 
@@ -91,4 +114,5 @@ ENGINE = Engine(
     # An unknown adapter id silently runs the base model: the reply must differ from the base model's.
     smoke_style="model-name-verify-differs",
     supports_runtime_lora=False,  # LORA_ADAPTERS at start-up only
+    rendered_flags=RENDERED_FLAGS,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer
+from llama_operator.engines.engine import HTTP_PORT_NAME, Engine, EngineContainer, RenderedFlags
 from llama_operator.engines.pod import (
     HF_ENDPOINT_ENV,
     adapter_path,
@@ -31,6 +31,39 @@ DTYPE_FLAGS = {"none": ["--dtype", "auto"], "bf16": ["--dtype", "bfloat16"], "fp
 # fp8 on a bf16 checkpoint quantizes at load; int8/int4/awq/gptq checkpoints declare their method and
 # vLLM picks the fastest kernel for it (forcing `awq` would disable the Marlin kernels).
 QUANTIZATION_FLAGS = {"fp8": ["--quantization", "fp8"]}
+# What sets each flag the operator renders; engine.extraArgs may not repeat one (the last would win in argparse).
+RENDERED_FLAGS = RenderedFlags(
+    sources={
+        "--served-model-name": "spec.serving.servedModelName",
+        "--host": "the pod listens on its own address, behind its Service",
+        "--port": "the port the probes, the Service and the metrics scrape use",
+        "--dtype": "spec.model.quantization",
+        "--quantization": "spec.model.quantization",
+        "--tensor-parallel-size": "spec.placement.gpuCount",
+        "--pipeline-parallel-size": "spec.placement.maxNodesPerReplica",
+        "--max-model-len": "spec.model.contextLength",
+        "--max-num-seqs": "spec.serving.maxConcurrentSequences",
+        "--max-num-batched-tokens": "the batch the sizing planned, from spec.serving.maxConcurrentSequences",
+        "--gpu-memory-utilization": "the share of each GPU the sizing planned for weights, KV cache and overhead",
+        "--kv-cache-dtype": "spec.model.kvCacheDtype",
+        "--max-loras": "spec.adapters",
+        "--max-lora-rank": "spec.adapters[].rank",
+        "--enable-lora": "spec.adapters",
+        "--lora-modules": "spec.adapters",
+        "--enable-auto-tool-choice": "spec.serving.toolCalling",
+        "--tool-call-parser": "spec.serving.toolCalling",
+        "--distributed-executor-backend": "spec.placement.maxNodesPerReplica",
+    },
+    aliases={
+        "-tp": "--tensor-parallel-size",
+        "-pp": "--pipeline-parallel-size",
+        "-q": "--quantization",
+        "--device-memory-utilization": "--gpu-memory-utilization",
+        "--no-enable-lora": "--enable-lora",
+        "--no-enable-auto-tool-choice": "--enable-auto-tool-choice",
+    },
+    abbreviations=True,  # vLLM's parser is argparse with allow_abbrev
+)
 
 
 def sizing_args(work: Workload, shape: Shape) -> tuple[str, ...]:
@@ -110,4 +143,5 @@ ENGINE = Engine(
     # POST /v1/load_lora_adapter with a hub id: vLLM downloads it; other sources need the pod's init containers.
     supports_runtime_lora=True,
     runtime_lora_sources=("hf://",),
+    rendered_flags=RENDERED_FLAGS,
 )
