@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,10 +24,9 @@ from kubernetes.client.exceptions import ApiException
 from llama_operator.engines.pod import RESTRICTED_EXCEPTION_ANNOTATION
 from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.operator_process import OperatorProcess
+from tests.unit.render_cases import EXAMPLES
 from tests.unit.test_pod_security import TEMPLATES, pod_security_violations
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
 REFUSED = 'violates PodSecurity "restricted:latest"'
 TIMEOUT = 90

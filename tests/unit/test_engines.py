@@ -10,18 +10,13 @@ import pytest
 from llama_operator.api.parse import InvalidSpecError
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.engines.base import LLAMACPP_BUILD
-from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
-
-INVENTORY = OperatorConfig().default_inventory()
+from tests.unit.render_cases import INVENTORY, LLAMA_8B, spec_from
 
 
 def spec(**overrides: Any) -> LlamaDeploymentSpec:
-    body: dict[str, Any] = {"model": {"catalogName": "llama-3.1-8b", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"}}
-    for key, value in overrides.items():
-        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
-    return LlamaDeploymentSpec.model_validate(body)
+    return spec_from({"model": LLAMA_8B}, **overrides)
 
 
 def children(s: LlamaDeploymentSpec, name: str = "demo", **options: Any) -> list[dict[str, Any]]:

@@ -26,7 +26,6 @@ import yaml
 from llama_operator.api.parse import parse_spec
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.engines.pod import HOME_MOUNT, RESTRICTED_EXCEPTION_ANNOTATION, TMP_MOUNT
-from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
 from llama_operator_dev.process_pod_paths import (
@@ -38,10 +37,7 @@ from llama_operator_dev.process_pod_paths import (
     process_environment,
     unbacked_volumes,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
-INVENTORY = OperatorConfig().default_inventory()
+from tests.unit.render_cases import EXAMPLES, INVENTORY
 
 Level = Literal["baseline", "restricted"]
 Manifest = dict[str, Any]

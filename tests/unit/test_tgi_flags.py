@@ -24,22 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from llama_operator.api.parse import InvalidSpecError, parse_spec
+from llama_operator.api.parse import InvalidSpecError
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.engines.base import EngineImages
 from llama_operator.engines.tgi import QUANTIZE_FLAGS
-from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE
+from tests.unit.render_cases import INVENTORY, LLAMA_8B, example_specs, spec_from
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 FLAGS_FILE = Path(__file__).with_name("tgi-launcher-flags.json")
-INVENTORY = OperatorConfig().default_inventory()
 # LORA_ADAPTERS entries as the launcher and the server parse them: id[=path][@revision], comma-separated.
 LORA_ENTRY = re.compile(r"^([^=@]+)(?:=([^@]+))?(?:@(.+))?$")
 
@@ -170,23 +166,11 @@ def rendered(name: str, s: LlamaDeploymentSpec) -> Rendered:
 
 
 def example_cases() -> dict[str, Rendered]:
-    cases = {}
-    for path in EXAMPLES:
-        manifest = yaml.safe_load(path.read_text())
-        s = parse_spec(manifest["spec"])
-        if plan(s, manifest["metadata"]["name"], INVENTORY).request.engine == "tgi":
-            cases[f"example/{path.stem}"] = rendered(manifest["metadata"]["name"], s)
-    return cases
+    return {key: rendered(name, s) for key, (name, s) in example_specs("tgi").items()}
 
 
 def spec(**overrides: Any) -> LlamaDeploymentSpec:
-    body: dict[str, Any] = {
-        "model": {"catalogName": "llama-3.1-8b", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-        "engine": {"type": "tgi"},
-    }
-    for key, value in overrides.items():
-        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_spec(body)
+    return spec_from({"model": LLAMA_8B, "engine": {"type": "tgi"}}, **overrides)
 
 
 def adapter(name: str, source: str, version: str = "v1") -> dict[str, str]:

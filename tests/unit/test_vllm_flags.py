@@ -14,16 +14,12 @@ import os
 import shlex
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from llama_operator.api.parse import parse_spec
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.engines.base import VLLM_VERSION, served_model_name
-from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
 from llama_operator.sizing.fit import SizingDecision
@@ -35,10 +31,8 @@ from llama_operator.sizing.memory import (
 )
 from llama_operator_dev.vllm_runtime import VLLM_RUNTIME_BUILD_SCRIPT, vllm_python
 from tests.standins.vllm_serve_flags import load_flags
+from tests.unit.render_cases import INVENTORY, LLAMA_8B, ROOT, example_specs, spec_from
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
-INVENTORY = OperatorConfig().default_inventory()
 VLLM_PYTHON = vllm_python()
 
 pytestmark = pytest.mark.skipif(
@@ -137,20 +131,11 @@ def rendered(name: str, s: LlamaDeploymentSpec) -> Rendered:
 
 
 def example_cases() -> dict[str, Rendered]:
-    cases = {}
-    for path in EXAMPLES:
-        manifest = yaml.safe_load(path.read_text())
-        s = parse_spec(manifest["spec"])
-        if plan(s, manifest["metadata"]["name"], INVENTORY).request.engine == "vllm":
-            cases[f"example/{path.stem}"] = rendered(manifest["metadata"]["name"], s)
-    return cases
+    return {key: rendered(name, s) for key, (name, s) in example_specs("vllm").items()}
 
 
 def spec(**overrides: Any) -> LlamaDeploymentSpec:
-    body: dict[str, Any] = {"model": {"catalogName": "llama-3.1-8b", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"}}
-    for key, value in overrides.items():
-        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
-    return LlamaDeploymentSpec.model_validate(body)
+    return spec_from({"model": LLAMA_8B}, **overrides)
 
 
 def adapter(name: str, source: str, version: str = "v1", rank: int | None = None) -> dict[str, Any]:
