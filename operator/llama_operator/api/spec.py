@@ -483,6 +483,23 @@ class Scheduling(CamelModel):
     )
     affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (core/v1 Affinity).")
 
+    @field_validator("affinity")
+    @classmethod
+    def _node_affinity_shaped(cls, affinity: dict[str, Any]) -> dict[str, Any]:
+        """The operator ANDs its GPU-class terms into the required node terms, so that part must have
+        the core/v1 shape; the rest passes through as written."""
+        node = affinity.get("nodeAffinity", {})
+        required = node.get("requiredDuringSchedulingIgnoredDuringExecution", {}) if isinstance(node, dict) else None
+        terms = required.get("nodeSelectorTerms", []) if isinstance(required, dict) else None
+        if not isinstance(terms, list) or not all(
+            isinstance(term, dict) and isinstance(term.get("matchExpressions", []), list) for term in terms
+        ):
+            raise ValueError(
+                "affinity.nodeAffinity must be a core/v1 NodeAffinity: requiredDuringSchedulingIgnoredDuringExecution"
+                " a mapping whose nodeSelectorTerms is a list of terms with a matchExpressions list; fix its shape"
+            )
+        return affinity
+
 
 class LlamaDeploymentSpec(RuledModel):
     """Desired state of a LlamaDeployment."""

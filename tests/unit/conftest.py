@@ -1,0 +1,25 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Write a line to the test log even when output is captured (`pytest -q` in CI): a figure the
+    test measured (cases run, time taken), so the log shows it without a failure."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if reporter is None or capture is None:
+            print(line)
+            return
+        with capture.global_and_fixture_disabled():  # the terminal's own file is captured during a test
+            reporter.ensure_newline()
+            reporter.write_line(f"[{request.node.name}] {line}")
+
+    return write
