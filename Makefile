@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup controlplane llamaserver vllmruntime lint unit integration crds golden bench clean
+.PHONY: demo test setup controlplane llamaserver vllmruntime lint unit integration reliability crds golden bench clean
 
 demo: setup controlplane llamaserver
 	$(BIN)/llama-operator-dev
@@ -42,6 +42,10 @@ unit: setup
 
 integration: setup controlplane
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration
+
+# Every kill point of create, update, adapter rollout and scaling, not every third (tests/integration/test_kill_points.py).
+reliability: setup controlplane
+	LLAMA_OPERATOR_RELIABILITY_FULL=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_kill_points.py
 
 crds: setup controlplane
 	$(BIN)/llama-operator crds > crds/llamadeployments.llamaops.io.yaml

@@ -22,6 +22,7 @@ from llama_operator.api.spec import GROUP, PLURAL, VERSION
 from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.autoscale.evaluate import decide_and_scale, read_metrics
 from llama_operator.autoscale.evaluate import status_patch as autoscale_status_patch
+from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import RECONCILE_ERRORS, forget_deployment
 from llama_operator.observed import (
@@ -189,12 +190,14 @@ def _report(owner: Mapping[str, Any], outcome: Outcome, before: dict[str, Any]) 
 async def resume_handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """At start, every object gets a pass through the queue: a thousand resumes do not each hold their body
     while they wait (a pass that finds nothing to change writes nothing)."""
+    kill_point("handlers.resume:entry")
     _queue_pass((str(body.metadata.namespace), str(body.metadata.name)), memo, "resume", _indexes(kwargs))
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
 async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    kill_point("handlers.reconcile:entry")
     runner = _runner(memo)
     key = (str(body.metadata.namespace), str(body.metadata.name))
     try:
@@ -202,6 +205,7 @@ async def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logge
     except KubeError as error:
         RECONCILE_ERRORS.labels("api").inc()
         raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=5) from error
+    kill_point("handlers.reconcile:exit")
     outcome = result[0] if result is not None else None
     if outcome is not None and outcome.invalid is not None:
         RECONCILE_ERRORS.labels("invalid_spec").inc()

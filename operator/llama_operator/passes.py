@@ -20,6 +20,7 @@ from typing import Any
 
 from llama_operator.api.parse import parse_status
 from llama_operator.api.status import LlamaDeploymentStatus
+from llama_operator.kill_points import kill_point
 from llama_operator.metrics import PASSES, RECONCILE_SECONDS, STATUS_WRITES
 from llama_operator.observed import ObjectView, OwnerKey, resource_version
 from llama_operator.reconcile import ObjectRef, OperatorContext, Outcome, changed, reconcile, status_patch
@@ -168,7 +169,9 @@ class PassRunner:
         return dict(owner.get("status") or {})
 
     async def write_status(self, key: OwnerKey, patch: Manifest, writer: str) -> None:
+        kill_point(f"passes.status:{writer}:before")
         result = await asyncio.to_thread(self.ctx.kube.patch_llamadeployment_status, key[0], key[1], patch)
+        kill_point(f"passes.status:{writer}:after")
         STATUS_WRITES.labels(writer).inc()
         self._written[key] = (resource_version(result), dict(result.get("status") or {}))
 

@@ -27,6 +27,7 @@ from llama_operator.api.timestamps import rfc3339
 from llama_operator.child_failures import ApplyFailure, ChildFailures, ChildKey, body_digest
 from llama_operator.child_names import child_name_problem
 from llama_operator.engines.base import served_model_name
+from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
 from llama_operator.observed import ChildRecord, ObjectView, child_record, first_difference, freshest, needs_apply
@@ -191,7 +192,9 @@ async def _apply_differences(
         if observed is not None:
             what += f" ({first_difference(observed.body, child)})"
         try:
+            kill_point(f"reconcile.apply:{child['kind']}:before")
             applied = await asyncio.to_thread(ctx.kube.apply, child)
+            kill_point(f"reconcile.apply:{child['kind']}:after")
         except KubeError as error:
             failure = ctx.failures.record(key, digest, error, ctx.clock())
             result.failures.append(failure)
@@ -234,7 +237,9 @@ async def reconcile(
     SIZING_DECISIONS.labels(decision.request.engine, str(decision.fits).lower()).inc()
     rollout = None
     if decision.fits and has_adapters(spec, status):
+        kill_point("reconcile.rollout:before")
         rollout = await _rollout(ctx, ref, spec, decision, status=status, view=view)
+        kill_point(f"reconcile.rollout:{rollout.state.phase}:{rollout.state.step}")
     applied = ApplyResult()
     if decision.fits:
         options = RenderOptions(

@@ -34,6 +34,7 @@ from llama_operator.adapters.smoke import smoke_test
 from llama_operator.api.spec import Adapter, LlamaDeploymentSpec, SecretKeyRef
 from llama_operator.api.status import AdapterRolloutStatus, EngineCheck, LlamaDeploymentStatus
 from llama_operator.api.timestamps import epoch_seconds, rfc3339
+from llama_operator.kill_points import kill_point
 from llama_operator.kube import Kube, KubeError
 from llama_operator.promql import PrometheusError, choose_prometheus_url, instant_query
 from llama_operator.status_report import container_problem
@@ -140,7 +141,9 @@ def _loaded(key: str, now: float) -> Manifest:
 
 async def _set(kube: Kube, namespace: str, pod: str, *conditions: Manifest) -> None:
     """One PATCH for all: a pass never sees the new adapter set with the old verdict."""
+    kill_point("drive.pod_conditions:before")
     await asyncio.to_thread(kube.set_pod_conditions, namespace, pod, list(conditions))
+    kill_point("drive.pod_conditions:after")
 
 
 async def _load_and_verify(
@@ -166,6 +169,7 @@ async def _load_and_verify(
     )
     passed = result is not None and result.passed
     message = busy or (load.message if load and not load.loaded else "") or (result.message if result else "")
+    kill_point("drive.load_and_verify:verdict")
     release()
     await _set(kube, namespace, name, _loaded(key, time.time()), _gate(passed=passed, message=message, now=time.time()))
     logger.info("adapters on %s/%s: %s: %s", namespace, name, "passed" if passed else "FAILED", message)
@@ -216,6 +220,7 @@ async def _smoke_and_gate(
     result = await smoke_test(
         io.http, engine, url, served_name=served_name, adapters=adapters, smoke=spec.adapter_rollout.smoke_request
     )
+    kill_point("drive.smoke:verdict")
     release()
     await _set(io.kube, namespace, name, _gate(passed=result.passed, message=result.message, now=time.time()))
     logger.info("smoke request on %s/%s: %s: %s", namespace, name, "passed" if result.passed else "FAILED",
@@ -281,6 +286,7 @@ async def drive_rollout(
                 adapters=serving,
             )  # fmt: skip
         check = io.checks.start(namespace, action.pod, type(action).__name__, work)
+        kill_point(f"drive.check:{type(action).__name__}:started")
         results.append(f"{action.pod}: {check.what} started")
     running = io.checks.in_namespace_for(namespace, set(by_name))
     pending = tuple(EngineCheck(pod=c.pod, check=_CHECK_NAMES.get(c.what, c.what), since=rfc3339(c.started))

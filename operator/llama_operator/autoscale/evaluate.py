@@ -28,6 +28,7 @@ from llama_operator.autoscale.queries import (
     default_target,
     engine_queries,
 )
+from llama_operator.kill_points import kill_point
 from llama_operator.kube import Kube
 from llama_operator.metrics import PROMETHEUS_ERRORS, SCALING_DECISIONS, SCALING_METRIC
 from llama_operator.planning import resolve_engine
@@ -153,7 +154,9 @@ async def decide_and_scale(
     reason = decision.reason if read.error is None else f"{decision.reason} ({read.error})"
     scaled = decision.desired != spec.replicas
     if scaled:
+        kill_point("autoscale.scale:before")
         await asyncio.to_thread(kube.scale_llamadeployment, namespace, name, decision.desired)
+        kill_point("autoscale.scale:after")
     SCALING_DECISIONS.labels(decision.action).inc()
     if decision.metric is not None:
         SCALING_METRIC.labels(namespace, name).set(decision.metric)
