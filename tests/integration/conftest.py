@@ -15,7 +15,7 @@ Build the binaries first with `hack/build-controlplane.sh`; without them these t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -123,24 +123,6 @@ def operator(
     config.write_text(yaml.safe_dump(settings))
     with running_operator(plane, api_client, log_dir, ["--config", str(config)]) as process:
         yield process
-
-
-@pytest.fixture
-def evidence(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Write a line to the test log even when output is captured (`pytest -q` in CI): what a real
-    engine answered, so the log shows it without a failure."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def write(line: str) -> None:
-        if reporter is None or capture is None:
-            print(line)
-            return
-        with capture.global_and_fixture_disabled():  # the terminal's own file is captured during a test
-            reporter.ensure_newline()
-            reporter.write_line(f"[{request.node.name}] {line}")
-
-    return write
 
 
 @pytest.fixture

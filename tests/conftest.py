@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests."""
+"""Fixtures shared by every test suite."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 @pytest.fixture
 def evidence(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Write a line to the test log even when output is captured (`pytest -q` in CI): a figure the
-    test measured (cases run, time taken), so the log shows it without a failure."""
+    """Write a line to the test log even when output is captured (`pytest -q` in CI): what a real engine
+    answered, or a figure the test measured (cases run, kill points survived), without a failure."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
 
