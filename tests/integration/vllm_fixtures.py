@@ -17,7 +17,6 @@ stand-in (tests/standins/vllm_openai.py), for the one fault real vLLM cannot be 
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from collections.abc import Iterator
@@ -32,9 +31,9 @@ from kubernetes import client as kube_client
 
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.local_hub import LocalHub
-from llama_operator_dev.pools import PROCESS_BACKED_LABEL
 from llama_operator_dev.process_kubelet import ProcessBackedConfig
 from llama_operator_dev.prometheus import Prometheus
+from llama_operator_dev.real_pools import on_cpu_vllm, on_process_backed_pool
 from llama_operator_dev.tiny_hf_models import TinyHfModelSet, write_tiny_hf_model_set
 from llama_operator_dev.vllm_runtime import VLLM_RUNTIME_BUILD_SCRIPT, vllm_python
 from tests.integration.cluster_setup import skip_without_binaries
@@ -47,10 +46,6 @@ VLLM_PORT = 8000
 GPU_POOL = "gpu-24gb-real"
 STANDIN_WRAPPER = REPOSITORY_ROOT / "tests" / "standins" / "vllm"
 ADAPTER_REPOS = {"v1": "org/support-v1", "v2": "org/support-v2", "v3": "org/support-v3"}  # v3: broken
-# vLLM on CPU: the KV cache sized explicitly (else a share of host RAM), one process instead of three,
-# threads left to the OS (2 cores). As a user would set them, in the manifest.
-CPU_EXTRA_ARGS = ["--kv-cache-memory-bytes", str(64 * 1024 * 1024), "--distributed-executor-backend", "uni"]
-CPU_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # A pod start: the model download, then vLLM's start (30-60 s on 2 busy cores).
 POD_READY_SECONDS = 240
 
@@ -122,19 +117,13 @@ def vllm_llama_deployment(
 
     ``adapters``: e.g. ``[support_adapter("v1")]``.
     """
-    manifest: dict[str, Any] = copy.deepcopy(yaml.safe_load(EXAMPLE.read_text()))
+    # The same adaptation the demo makes: CPU flags and env, no hub token, the process-backed nodes.
+    manifest = on_process_backed_pool(on_cpu_vllm(yaml.safe_load(EXAMPLE.read_text())))
     manifest["metadata"] = {"name": name}
     spec = manifest["spec"]
-    spec.pop("hubTokenSecretRef", None)  # the local hub needs no token
     spec["replicas"] = replicas
     spec["model"]["contextLength"] = 4096
-    spec["engine"]["extraArgs"] = list(CPU_EXTRA_ARGS)
-    spec["engine"]["env"] = [{"name": key, "value": value} for key, value in sorted(CPU_ENV.items())]
     spec["serving"]["toolCalling"] = tool_calling
-    spec["scheduling"] = {
-        "nodeSelector": {PROCESS_BACKED_LABEL: "true"},
-        "tolerations": [{"key": PROCESS_BACKED_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-    }
     if adapters:
         spec["adapters"] = adapters
     assert manifest["apiVersion"] == f"{GROUP}/{VERSION}"
