@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
+pytest_plugins = ["tests.reliability"]  # the `ledger` fixture and the figures printed at the end of a run
+
 
 @pytest.fixture
 def evidence(request: pytest.FixtureRequest) -> Callable[[str], None]:

@@ -1,8 +1,10 @@
 """The liveness probe: kopf's liveness endpoint (`--liveness`) answers 500 once the apiserver has not
-answered any of the operator's calls for API_DOWN_SECONDS, so the kubelet restarts the operator with fresh
-connections and watches. The facts are the operator's own calls (`kube.Reachability`); an idle operator
-makes none, so the probe pings (GET /version) when the last call is older than PING_INTERVAL_SECONDS, and
-waits for that ping at most PROBE_WAIT_SECONDS (the kubelet's probe times out after 5 s).
+answered any of the operator's calls for API_DOWN_SECONDS, or once one of kopf's watch streams has
+delivered nothing, not even a bookmark, for WATCH_SILENT_SECONDS (`watch_health`); the kubelet then
+restarts the operator with fresh connections and watches. The facts are the operator's own calls
+(`kube.Reachability`) and streams; an idle operator makes no calls, so the probe pings (GET /version) when
+the last call is older than PING_INTERVAL_SECONDS, and waits for that ping at most PROBE_WAIT_SECONDS (the
+kubelet's probe times out after 5 s).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Any
 import kopf
 
 from llama_operator.kube import ApiContact, Kube, KubeError, liveness_problem
+from llama_operator.watch_health import WATCH_SILENT_SECONDS, WATCHES, track_kopf_watches, watch_problem
 
 API_DOWN_SECONDS = 60.0  # memo "api_down_seconds" overrides it
 PING_INTERVAL_SECONDS = 10.0
 PROBE_WAIT_SECONDS = 2.0
+
+track_kopf_watches()  # before kopf starts a watcher: importing this module registers the probe too
 
 
 def _kube(memo: kopf.Memo) -> Kube | None:
@@ -42,9 +47,13 @@ async def apiserver_answers(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     problem = liveness_problem(contact, now=now, limit_seconds=limit, recent_seconds=3 * PING_INTERVAL_SECONDS)
     if problem is not None:
         raise kopf.PermanentError(problem)
+    silence = WATCHES.silence()
+    deaf = watch_problem(silence, limit_seconds=float(memo.get("watch_silent_seconds") or WATCH_SILENT_SECONDS))
+    if deaf is not None:
+        raise kopf.PermanentError(deaf)
     answered = None if contact.last_answer is None else round(now - contact.last_answer, 1)
     return {"answeredSecondsAgo": answered, "failingSeconds": None if contact.failing_since is None
-            else round(now - contact.failing_since, 1)}  # fmt: skip
+            else round(now - contact.failing_since, 1), "watchSilentSeconds": silence}  # fmt: skip
 
 
 async def _fresh_contact(memo: kopf.Memo, kube: Kube) -> ApiContact:

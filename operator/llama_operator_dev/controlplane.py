@@ -95,6 +95,7 @@ class ControlPlane:
         self.ca_path = self.pki_dir / "ca.crt"
         self.node_names: list[str] = []
         self._processes: dict[str, ManagedProcess] = {}
+        self._health: dict[str, HealthEndpoint] = {}
         self._etcd_data_dir: Path | None = None
         self._started_at = 0.0
         self.process_backed = process_backed
@@ -187,6 +188,36 @@ class ControlPlane:
         client.key.chmod(0o600)
         return write_kubeconfig(self.workdir / f"{user}.kubeconfig", self.server_url, self.ca_path, user, client)
 
+    # -- faults: what the outage tests do to a component ------------------------------------
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component (SIGTERM, then SIGKILL) and leave it stopped; etcd keeps its data."""
+        exit_code = self._component(name).stop(STOP_GRACE_SECONDS)
+        LOGGER.info("stopped %s for an outage (exit status %s)", name, exit_code)
+
+    def restart_component(self, name: str) -> float:
+        """Start a stopped component again with the same command; returns the seconds until it was healthy."""
+        process = self._component(name)
+        pid = process.start()
+        waited = process.wait_until_healthy(self._health[name], self.startup_timeout_seconds)
+        LOGGER.info("restarted %s (pid %d), healthy after %.1fs", name, pid, waited)
+        return waited
+
+    def freeze_component(self, name: str) -> None:
+        """SIGSTOP one component: its sockets stay open and nothing answers (a hung host, not a dead one)."""
+        self._component(name).pause()
+        LOGGER.info("froze %s", name)
+
+    def thaw_component(self, name: str) -> None:
+        self._component(name).resume()
+        LOGGER.info("thawed %s", name)
+
+    def _component(self, name: str) -> ManagedProcess:
+        process = self._processes.get(name)
+        if process is None:
+            raise KeyError(f"{name!r} was not started; started: {', '.join(self._processes) or 'none'}")
+        return process
+
     # -- start steps -----------------------------------------------------------------------
 
     def _elapsed(self) -> float:
@@ -236,6 +267,7 @@ class ControlPlane:
             LOGGER.info("%s opt-in flags: %s", name, " ".join(self.opt_in_flags[name]))
         process = ManagedProcess(name, command, self.logs_dir / f"{name}.log", environment)
         self._processes[name] = process
+        self._health[name] = health
         pid = process.start()
         LOGGER.info("[%5.1fs] started %s (pid %d), waiting for %s", self._elapsed(), name, pid, health.url)
         waited = process.wait_until_healthy(health, self.startup_timeout_seconds)

@@ -113,8 +113,8 @@ class ManagedProcess:
         return self._child.pid if self._child is not None else None
 
     def start(self) -> int:
-        """Start the child in a new session; returns its pid."""
-        if self._child is not None:
+        """Start the child in a new session (again, once a previous one ended); returns its pid."""
+        if self._child is not None and self._child.poll() is None:
             raise RuntimeError(f"{self.name} was already started (pid {self._child.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
@@ -145,6 +145,7 @@ class ManagedProcess:
         if child is None:
             return None
         if child.poll() is None:
+            signal_group(child.pid, signal.SIGCONT)  # a paused process cannot act on SIGTERM
             signal_group(child.pid, signal.SIGTERM)
             try:
                 child.wait(timeout=grace_seconds)
@@ -153,6 +154,15 @@ class ManagedProcess:
                 signal_group(child.pid, signal.SIGKILL)
                 child.wait()
         return child.returncode
+
+    def pause(self) -> None:
+        """SIGSTOP the process group: it keeps its sockets open and answers nothing (a frozen host)."""
+        if self._child is not None:
+            signal_group(self._child.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._child is not None:
+            signal_group(self._child.pid, signal.SIGCONT)
 
     def wait_until_healthy(self, endpoint: HealthEndpoint, timeout_seconds: float) -> float:
         """Poll ``endpoint`` until it answers 200; returns the seconds it took.

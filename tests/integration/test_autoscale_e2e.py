@@ -15,6 +15,7 @@ from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, ServingAssets, tiny_llama_deployment
+from tests.reliability import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
 
@@ -66,7 +67,7 @@ def long_chat() -> dict[str, Any]:
 
 
 def test_queue_scales_up_holds_without_prometheus_and_scales_back(
-    api_client: Any, plane: ControlPlane, operator: OperatorProcess, assets: ServingAssets
+    api_client: Any, plane: ControlPlane, operator: OperatorProcess, assets: ServingAssets, ledger: Recorder
 ) -> None:
     assert plane.prometheus is not None
     namespace = create_namespace(api_client)
@@ -130,6 +131,11 @@ def test_queue_scales_up_holds_without_prometheus_and_scales_back(
     events = kube_client.CoreV1Api(api_client).list_namespaced_event(namespace).items
     assert any(e.reason == "ScaledDown" for e in events)
     assert scaling_condition(get(api_client, namespace))["status"] == "True"
+    ledger.outage(
+        "Prometheus stopped during autoscaling",
+        f"replicas held at {replicas_up} through {len(evaluations)} evaluations; ScalingActive=False said: "
+        f"{scaling_condition(unavailable)['message']}; scaled back to 1 once it returned",
+    )
 
 
 def test_config_file_reaches_the_operator(operator: OperatorProcess) -> None:

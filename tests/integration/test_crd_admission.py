@@ -16,6 +16,7 @@ from tests.fixtures.invalid_manifests import (
     ValidManifest,
     resource,
 )
+from tests.reliability import Recorder
 
 GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
 
@@ -28,7 +29,7 @@ def create(api_client: Any, namespace: str, body: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("case", INVALID_MANIFESTS, ids=[c.id for c in INVALID_MANIFESTS])
 def test_invalid_manifest_is_refused_naming_the_field(
-    api_client: Any, crd: None, namespace: str, case: InvalidManifest
+    api_client: Any, crd: None, namespace: str, case: InvalidManifest, ledger: Recorder
 ) -> None:
     with pytest.raises(ApiException) as refused:
         create(api_client, namespace, resource(case.spec, case.id))
@@ -36,6 +37,7 @@ def test_invalid_manifest_is_refused_naming_the_field(
     message = json.loads(refused.value.body)["message"]
     assert case.message in message, message
     assert case.field in message, message  # the dotted path, as parse_spec names it too
+    ledger.hostile(f"manifest {case.id}", f"refused at admission (422): {message}")
 
 
 @pytest.mark.parametrize("case", VALID_MANIFESTS, ids=[c.id for c in VALID_MANIFESTS])

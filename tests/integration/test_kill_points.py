@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from llama_operator_dev import ControlPlane
 from tests.integration.cluster_setup import create_namespace, install_crd, poll_until
 from tests.integration.operator_process import OperatorProcess
+from tests.reliability import Recorder
 
 pytestmark = pytest.mark.integration
 
@@ -263,7 +264,7 @@ def kill_points(log: Path) -> list[str]:
 
 
 def test_operator_killed_at_every_step_converges(
-    control_plane: ControlPlane, api_client: Any, tmp_path: Path, evidence: Callable[[str], None]
+    control_plane: ControlPlane, api_client: Any, tmp_path: Path, evidence: Callable[[str], None], ledger: Recorder
 ) -> None:
     install_crd(api_client)
     operator = OperatorProcess(control_plane.kubeconfig_path, tmp_path, ["--config", str(tmp_path / "config.yaml")])
@@ -301,6 +302,11 @@ def test_operator_killed_at_every_step_converges(
             operator.stop()
         remove(api_client, namespace)
         survived.append(point)
+        ledger.kill_point(
+            f"surge scenario: {point}",
+            f"SIGKILL during '{run.killed_at_step or SCENARIO[-1].what}'; converged, one child of each kind, "
+            "no duplicate ReplicaSet, then quiet",
+        )
     evidence(
         f"kill points survived: {len(survived)} of {len(chosen)} ({len(points)} reached) "
         f"in {time.monotonic() - started:.0f} s"

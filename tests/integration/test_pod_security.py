@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from llama_operator.engines.pod import RESTRICTED_EXCEPTION_ANNOTATION
 from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.operator_process import OperatorProcess
+from tests.reliability import Recorder
 from tests.unit.render_cases import EXAMPLES
 from tests.unit.test_pod_security import TEMPLATES, pod_security_violations
 
@@ -69,7 +70,7 @@ def refused_controls(message: str) -> list[str]:
 
 
 def test_every_rendered_pod_template_is_admitted_or_refused_for_its_named_exception(
-    api_client: Any, namespace: str, baseline_namespace: str
+    api_client: Any, namespace: str, baseline_namespace: str, ledger: Recorder
 ) -> None:
     enforce(api_client, namespace, "restricted")
     for index, (key, (_, template)) in enumerate(sorted(TEMPLATES.items())):
@@ -83,11 +84,13 @@ def test_every_rendered_pod_template_is_admitted_or_refused_for_its_named_except
             assert refused_controls(refusal) == ["runAsNonRoot != true"], refusal
         else:
             assert refusal is None, f"{key}: {refusal}"
+            ledger.admitted(f"rendered pod template {key}", "restricted")
         assert dry_run_refusal(api_client, baseline_namespace, template, name) is None, key
+        ledger.admitted(f"rendered pod template {key}", "baseline")
 
 
 def test_every_example_gets_its_pods_under_restricted(
-    api_client: Any, namespace: str, operator: OperatorProcess
+    api_client: Any, namespace: str, operator: OperatorProcess, ledger: Recorder
 ) -> None:
     enforce(api_client, namespace, "restricted")
     core, apps = kube_client.CoreV1Api(api_client), kube_client.AppsV1Api(api_client)
@@ -132,6 +135,7 @@ def test_every_example_gets_its_pods_under_restricted(
         for pod in pods(name):
             assert pod.spec.security_context.run_as_non_root is True
             assert pod.spec.automount_service_account_token is False
+            ledger.admitted(f"example {name}: pod {pod.metadata.name}", "restricted")
 
     for manifest in manifests:
         check(manifest["metadata"]["name"], manifest["spec"].get("replicas", 1))

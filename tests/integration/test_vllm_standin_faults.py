@@ -15,6 +15,7 @@ from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, get_llamadeployment, wait_adapter_rollout
 from tests.integration.vllm_fixtures import GPU_POOL, support_adapter, vllm_llama_deployment, vllm_pod_urls
+from tests.reliability import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_plane("vllm-standin")]
 
@@ -35,7 +36,9 @@ def test_the_gpu_pool_keeps_its_gpus_under_the_process_backed_kubelet(plane: Con
         assert node.status.allocatable["nvidia.com/gpu"] == "4"
 
 
-def test_an_engine_that_never_answers_does_not_wedge_its_deployment(api_client: Any, operator: OperatorProcess) -> None:
+def test_an_engine_that_never_answers_does_not_wedge_its_deployment(
+    api_client: Any, operator: OperatorProcess, ledger: Recorder
+) -> None:
     """The engine accepts the smoke request's connection and never answers (a chat completion that takes an
     hour): the same LlamaDeployment still takes a replicas change at once, and its status names the pod."""
     namespace = create_namespace(api_client)
@@ -63,4 +66,8 @@ def test_an_engine_that_never_answers_does_not_wedge_its_deployment(api_client: 
     condition = next(c for c in status["conditions"] if c["type"] == "AdapterRollout")
     print(f"silent engine: {condition['message']}")
     assert f"on pod {silent_pod} unanswered since" in condition["message"]
+    ledger.outage(
+        "an engine that accepts connections and never answers",
+        f"a replicas change applied at once while the check waited; AdapterRollout said: {condition['message']}",
+    )
     objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, SILENT)

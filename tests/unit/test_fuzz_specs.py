@@ -23,6 +23,7 @@ from llama_operator.operator_config import OperatorConfig
 from llama_operator.plan_output import plan_manifest
 from llama_operator.planning import plan
 from llama_operator.render import RenderOptions, render
+from tests.reliability import Recorder
 
 CONFIG = OperatorConfig()
 INVENTORY = CONFIG.default_inventory()
@@ -345,8 +346,10 @@ def run_pure_path(spec: dict[str, Any]) -> str:
 MODULE_CASES: list[int] = [0]  # cases run by every fuzz test of this module, for the log
 
 
-def fuzz(strategy: st.SearchStrategy[dict[str, Any]], evidence: Callable[[str], None]) -> dict[str, int]:
-    """Run the pure path over FUZZ's cases of `strategy`; log and return the outcome counts."""
+def fuzz(
+    strategy: st.SearchStrategy[dict[str, Any]], evidence: Callable[[str], None], ledger: Recorder
+) -> dict[str, int]:
+    """Run the pure path over FUZZ's cases of `strategy`; log, record and return the outcome counts."""
     counts: dict[str, int] = {}
     started = time.monotonic()
 
@@ -363,16 +366,17 @@ def fuzz(strategy: st.SearchStrategy[dict[str, Any]], evidence: Callable[[str], 
         f"fuzz cases run: {sum(counts.values())} ({outcomes}) in {time.monotonic() - started:.1f} s; "
         f"{MODULE_CASES[0]} in this module so far"
     )
+    ledger.fuzz(sum(counts.values()), f"seeded hypothesis specs through parse, plan, render, plan output: {outcomes}")
     return counts
 
 
-def test_near_valid_specs_are_served_or_refused_never_crash(evidence: Callable[[str], None]) -> None:
-    counts = fuzz(st.one_of(valid_specs(), mutated_specs(), specs), evidence)
+def test_near_valid_specs_are_served_or_refused_never_crash(evidence: Callable[[str], None], ledger: Recorder) -> None:
+    counts = fuzz(st.one_of(valid_specs(), mutated_specs(), specs), evidence, ledger)
     assert counts.get("rendered", 0) > 0, "the generator never produced a spec that renders: it tests only refusals"
 
 
-def test_json_garbage_is_refused_never_crashes(evidence: Callable[[str], None]) -> None:
-    counts = fuzz(garbage_specs, evidence)
+def test_json_garbage_is_refused_never_crashes(evidence: Callable[[str], None], ledger: Recorder) -> None:
+    counts = fuzz(garbage_specs, evidence, ledger)
     assert counts.get("refused", 0) > 0
 
 
