@@ -159,12 +159,13 @@ def test_the_gate_sends_the_bearer_token_of_prometheus_auth_secret_ref() -> None
     assert result.state.phase == "Succeeded"
 
 
-def test_a_token_secret_that_is_missing_does_not_pass_the_gate() -> None:
+def test_a_token_secret_that_is_missing_holds_the_gate_and_says_so() -> None:
     prometheus = Prometheus(value=0.0)
     spec = gated_spec(prometheusUrl=SPEC_PROMETHEUS, prometheusAuthSecretRef={"name": "prometheus-reader"})
     result = gate_pass(spec, prometheus)
     assert prometheus.requests == [], "the gate queried Prometheus without the token the spec asks for"
-    assert result.state.phase == "RolledBack"
+    assert (result.state.phase, result.state.step) == ("Progressing", "MetricGate")
+    assert "Secret ns/prometheus-reader has no key token" in result.state.message
     assert any("Secret ns/prometheus-reader has no key token" in line for line in result.smoke_results)
 
 
@@ -192,15 +193,33 @@ def server_error(request: httpx.Request) -> httpx.Response:
         (server_error, "answered HTTP 500 (Internal Server Error)"),  # the body stays out of the status
     ],
 )
-def test_a_prometheus_that_cannot_answer_does_not_pass_the_gate(
+def test_a_prometheus_that_cannot_answer_holds_the_canary_at_the_gate(
     handler: Callable[[httpx.Request], httpx.Response], said: str
 ) -> None:
+    """Unknown is not bad (a monitoring outage must not roll back a good canary) and not good either (the
+    rollout does not go on): the canary is held at the gate, the condition says why, the next pass asks
+    again."""
     result = gate_pass(gated_spec(), handler)
-    assert result.state.phase == "RolledBack", "a gate that could not be read let the rollout go on"
+    assert (result.state.phase, result.state.step) == ("Progressing", "MetricGate")
+    assert result.state.serving == (Adapter.model_validate(NEW),)
+    assert result.state.failed == ()
+    assert result.rollbacks == ()
     assert [line for line in result.smoke_results if line.startswith("metric gate:")] == [
         f"metric gate: {OPERATOR_PROMETHEUS} {said}"
     ]
-    assert "support@v1" in result.state.failed
+    assert result.state.message == (
+        f"metric gate unknown, holding the canary: {OPERATOR_PROMETHEUS} {said}; asking again until timeoutSeconds"
+    )
+
+
+def test_a_gate_held_past_the_rollout_timeout_rolls_back_without_asking() -> None:
+    prometheus = Prometheus(value=0.0)
+    spec = gated_spec()
+    spec = spec.model_copy(update={"adapter_rollout": spec.adapter_rollout.model_copy(update={"timeout_seconds": 300})})
+    result = gate_pass(spec, prometheus)  # the rollout started 600 s ago
+    assert prometheus.requests == []
+    assert result.state.phase == "RolledBack"
+    assert "not done after 300s" in result.rollbacks[0].reason
 
 
 def test_with_no_prometheus_anywhere_the_gate_does_not_pass() -> None:

@@ -36,7 +36,7 @@ from llama_operator.api.status import AdapterRolloutStatus, EngineCheck, LlamaDe
 from llama_operator.api.timestamps import epoch_seconds, rfc3339
 from llama_operator.kill_points import kill_point
 from llama_operator.kube import Kube, KubeError
-from llama_operator.promql import PrometheusError, choose_prometheus_url, instant_query
+from llama_operator.promql import PrometheusError, PrometheusUrlRefusedError, choose_prometheus_url, instant_query
 from llama_operator.status_report import container_problem
 
 Manifest = dict[str, Any]
@@ -257,11 +257,19 @@ async def drive_rollout(
             # The object's Prometheus only when the operator allows it (prometheusAllowedUrls): else no query.
             url = choose_prometheus_url(spec.autoscaling.prometheus_url, prometheus_url, prometheus_allowed_urls)
             value = await _metric_gate_value(io.kube, io.http, namespace, spec, url)
-        except PrometheusError as error:
-            value = float("inf")  # a gate that cannot be read does not pass
+        except PrometheusUrlRefusedError as error:  # a setting to change, not an outage to wait out
             results.append(f"metric gate: {error}")
-        step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
-                            now=now, gate_value=value, runtime=runtime)  # fmt: skip
+            step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas,
+                                policy=spec.adapter_rollout, now=now, gate_value=float("inf"), runtime=runtime)  # fmt: skip
+        except PrometheusError as error:
+            # Unknown is not bad: a Prometheus outage (or its token Secret not there yet) holds the canary at the
+            # gate, asked again on every recheck, until it answers or the rollout's timeoutSeconds rolls it back.
+            results.append(f"metric gate: {error}")
+            message = f"metric gate unknown, holding the canary: {error}; asking again until timeoutSeconds"
+            step = Step(replace(step.state, message=message))
+        else:
+            step = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas,
+                                policy=spec.adapter_rollout, now=now, gate_value=value, runtime=runtime)  # fmt: skip
     if any(isinstance(a, RollbackNotice) for a in step.actions):
         # Rolled back: what the restored set needs (reloading the canary) starts now, not at some later event.
         after = step_rollout(spec.adapters, step.state, views, replicas=spec.replicas, policy=spec.adapter_rollout,
