@@ -7,8 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,18 @@ class OperatorProcess:
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.liveness_url = ""
 
-    def start(self) -> None:
+    def start(self, env: Mapping[str, str] | None = None) -> None:
+        """Start `llama-operator run`, with `env` added to this process's environment for this start only."""
         self.starts += 1
         liveness = free_port()
+        self.liveness_url = f"http://127.0.0.1:{liveness}/healthz"
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_operator.cli", "run", "--liveness", f"http://127.0.0.1:{liveness}/healthz",
              "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "--log-level", "debug", *self.extra_args],
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            env={**os.environ, **(env or {}), "KUBECONFIG": str(self.kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -75,6 +79,20 @@ class OperatorProcess:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+
+    def liveness(self) -> int:
+        """The HTTP status of the operator's liveness endpoint now (0: no answer)."""
+        try:
+            with urllib.request.urlopen(self.liveness_url, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
+
+    def log(self) -> str:
+        path = self.log_dir / f"operator-{self.starts}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def log_tail(self) -> str:
         path = self.log_dir / f"operator-{self.starts}.log"
