@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from llama_operator.engines.base import DEFAULT_HUB_ENDPOINT, EngineImages
 from llama_operator.sizing.gpu_classes import DEFAULT_CPU_CLASS, DEFAULT_GPU_CLASSES, GIB, CpuClass, GpuClass, Inventory
+from llama_operator.yaml_input import safe_load
 
 
 class _Settings(BaseModel):
@@ -92,5 +92,5 @@ class OperatorConfig(_Settings):
 def load_config(path: Path | None) -> OperatorConfig:
     if path is None:
         return OperatorConfig()
-    data: Any = yaml.safe_load(path.read_text()) or {}
+    data: Any = safe_load(path.read_text()) or {}
     return OperatorConfig.model_validate(data)

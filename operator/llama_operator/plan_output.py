@@ -15,6 +15,7 @@ from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import placement_summary, plan, sizing_status
 from llama_operator.render import RenderOptions, render
 from llama_operator.sizing.gpu_classes import GIB, Inventory, inventory_from_nodes, node_facts_from_manifest
+from llama_operator.yaml_input import AliasRefusedError, LoaderWithoutAliases
 
 Manifest = dict[str, Any]
 
@@ -38,7 +39,8 @@ def describe_yaml_error(source: str, error: yaml.YAMLError) -> str:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = error.problem or "unreadable"
         context = f" ({error.context})" if error.context else ""
-        return " ".join(f"{source}: {where}not valid YAML: {problem}{context}".split())
+        invalid = "" if isinstance(error, AliasRefusedError) else "not valid YAML: "
+        return " ".join(f"{source}: {where}{invalid}{problem}{context}".split())
     return " ".join(f"{source}: not valid YAML: {error}".split())
 
 
@@ -51,8 +53,9 @@ def _described(value: object) -> str:
 
 
 def _documents_with_lines(text: str, source: str) -> list[tuple[int, object]]:
-    """Each YAML document with the line it starts on; a YAML error names the source, line and column."""
-    loader = yaml.SafeLoader(text)
+    """Each YAML document with the line it starts on; a YAML error (or an alias) names the source, line and
+    column."""
+    loader = LoaderWithoutAliases(text)
     documents: list[tuple[int, object]] = []
     try:
         while loader.check_node():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from llama_operator.cli import main
+from tests.fixtures.alias_bomb import alias_bomb
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -267,3 +269,38 @@ def run_plan_with_config(capsys: pytest.CaptureFixture[str], config: Path, *args
     code = main(["--config", str(config), "plan", *args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.mark.parametrize("output", ["table", "json", "yaml"])
+def test_alias_bomb_is_refused_at_once_naming_the_first_alias(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, output: str
+) -> None:
+    """It was planned (`-o table`: exit 0) and rendered into the pod template; `-o json` then spent minutes
+    and gigabytes writing 387 million strings out."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(alias_bomb())  # 9 levels of 9 aliases: 387 million strings
+    started = time.monotonic()
+    code, out, err = run_plan(capsys, "-f", str(path), "-o", output)
+    assert_one_line_error(code, out, err, str(path), "line 10, column 18", "YAML aliases (*l0) are not read")
+    assert time.monotonic() - started < 5
+
+
+def test_an_alias_in_the_nodes_or_config_file_is_refused_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text("items:\n- &node {kind: Node, metadata: {name: n1}}\n- *node\n")
+    code, out, err = run_plan(capsys, "-f", str(EXAMPLES[0]), "--nodes", str(nodes))
+    assert_one_line_error(code, out, err, str(nodes), "line 3, column 3", "YAML aliases (*node) are not read")
+    config = tmp_path / "config.yaml"
+    config.write_text("prometheusUrl: &p http://prometheus.monitoring:9090\nprometheusAllowedUrls: [*p]\n")
+    code, out, err = run_plan_with_config(capsys, config, "-f", str(EXAMPLES[0]))
+    assert_one_line_error(code, out, err, str(config), "line 2, column 25", "YAML aliases (*p) are not read")
+
+
+def test_an_anchor_without_an_alias_is_read(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "anchored.yaml"
+    path.write_text(EXAMPLES[0].read_text().replace("spec:", "spec: &spec", 1))
+    code, out, _ = run_plan(capsys, "-f", str(path), "-o", "json")
+    assert code == 0
+    assert out["children"]
