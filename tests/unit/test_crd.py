@@ -14,7 +14,7 @@ import yaml
 from llama_operator.api import spec as spec_module
 from llama_operator.api.crd import build_crd, crd_yaml
 from llama_operator.api.parse import InvalidSpecError, parse_spec
-from llama_operator.api.spec import Rule, RuledModel
+from llama_operator.api.spec import LABEL_VALUE_PATTERN, Rule, RuledModel
 from llama_operator.api.status import LlamaDeploymentStatus
 from tests.fixtures.invalid_manifests import (
     INVALID_MANIFESTS,
@@ -43,6 +43,7 @@ ALLOWED_KEYWORDS = {
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "properties",
     "additionalProperties",
@@ -203,9 +204,27 @@ def test_exclusive_minimum_is_the_openapi_v3_flag() -> None:
 
 def test_passthrough_fields_keep_what_users_write() -> None:
     scheduling = schema_at(spec_schema(), "scheduling")
-    assert scheduling["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string", "maxLength": 63}
+    node_selector = scheduling["properties"]["nodeSelector"]
+    assert node_selector["additionalProperties"] == {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}
+    assert node_selector["maxProperties"] == 32  # and a rule on its keys: every string has a bound
     assert scheduling["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
     assert scheduling["properties"]["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_every_spec_string_list_and_map_has_a_bound() -> None:
+    """A string without maxLength takes a megabyte the apiserver stores and the operator renders into every
+    pod; an unbounded list or map, as many. (gpuCount's string side is held to 'auto' by its rule.)"""
+    unbounded = [
+        path
+        for path, node in nodes(spec_schema(), ".spec")
+        if not node.get("x-kubernetes-int-or-string")
+        and (
+            (node.get("type") == "string" and "maxLength" not in node and "enum" not in node)
+            or (node.get("type") == "array" and "maxItems" not in node)
+            or (isinstance(node.get("additionalProperties"), Mapping) and "maxProperties" not in node)
+        )
+    ]
+    assert unbounded == []
 
 
 def test_every_spec_field_is_explained() -> None:

@@ -373,7 +373,7 @@ def test_a_download_script_passes_hostile_values_as_single_arguments(
 
 def test_the_leader_of_a_multi_node_replica_passes_its_arguments_as_written(tmp_path: Path) -> None:
     """The Ray leader runs `ray start ... && exec vllm serve ARGS` in sh -c: ARGS must arrive as they are."""
-    served_name = "chat'\"$(touch pwned)`touch pwned`\n;touch pwned"  # servedModelName has no pattern
+    served_name = "chat'\"$(touch${IFS}pwned)`touch${IFS}pwned`;touch${IFS}pwned"  # servedModelName admits these
     extra_args = [
         "--chat-template",
         "{{ x }}\n$(touch pwned)`touch pwned`;touch pwned && touch pwned",

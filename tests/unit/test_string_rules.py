@@ -8,10 +8,13 @@ import pytest
 from llama_operator.api.string_rules import (
     DOT_OR_EMPTY_SEGMENT,
     HF_REPO,
+    LABEL_KEY,
     LOCAL_URL,
     NAMES_A_FILE,
+    VISIBLE_NAME,
     cel_matches,
     fully_matches,
+    python_regex,
 )
 
 
@@ -78,10 +81,41 @@ def test_a_url_elsewhere_is_not_local(url: str) -> None:
         (NAMES_A_FILE, "hf://org/repo/", False),
         (NAMES_A_FILE, "pvc://models/f.gguf", True),
         (NAMES_A_FILE, "pvc://models", False),
+        (VISIBLE_NAME, "meta-llama/Llama-3.1-8B-Instruct", True),
+        (VISIBLE_NAME, "llama3.1:8b", True),
+        (VISIBLE_NAME, "\u043c\u043e\u0434\u0435\u043b\u044c-\u00e9", True),  # letters of any script
+        (VISIBLE_NAME, "chat'\"$(id)`x`;&&", True),  # one argument, never through a shell
+        (VISIBLE_NAME, "a-", True),
+        (VISIBLE_NAME, "-", False),
+        (VISIBLE_NAME, "--port", False),
+        (VISIBLE_NAME, "chat 8b", False),
+        (VISIBLE_NAME, "chat\t8b", False),
+        (VISIBLE_NAME, "chat\x1b[2J", False),
+        (VISIBLE_NAME, "chat\x85", False),  # C1 next line
+        (VISIBLE_NAME, "chat\u00a08b", False),  # no-break space
+        (VISIBLE_NAME, "chat\u200b8b", False),  # zero-width space
+        (VISIBLE_NAME, "chat\u202eexe.8b", False),  # right-to-left override
+        (VISIBLE_NAME, "chat\u2066", False),  # left-to-right isolate
+        (VISIBLE_NAME, "chat\u3000", False),  # ideographic space
+        (VISIBLE_NAME, "\ufeffchat", False),  # byte order mark
+        (LABEL_KEY, "pool", True),
+        (LABEL_KEY, "nvidia.com/gpu.product", True),
+        (LABEL_KEY, "Zone_1.a", True),
+        (LABEL_KEY, f"{'a' * 63}", True),
+        (LABEL_KEY, f"{'a' * 64}", False),
+        (LABEL_KEY, "gpu pool", False),
+        (LABEL_KEY, "Example.com/pool", False),
+        (LABEL_KEY, "/pool", False),
+        (LABEL_KEY, "pool-", False),
     ],
 )
 def test_source_regexes(regex: str, value: str, matches: bool) -> None:
     assert fully_matches(regex, value) is matches
+
+
+def test_an_re2_code_point_reads_the_same_in_python() -> None:
+    assert python_regex(r"[^\x{202e}\x00-\x1f]") == r"[^\U0000202e\x00-\x1f]"
+    assert fully_matches(r"\x{202e}", "\u202e")
 
 
 def test_a_cel_regex_is_anchored_and_its_backslashes_escaped() -> None:

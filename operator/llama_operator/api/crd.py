@@ -44,6 +44,7 @@ _COPIED = (
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "required",
     "x-kubernetes-validations",
 )

@@ -15,11 +15,37 @@ class InvalidSpecError(ValueError):
     """The spec cannot be served as written; the message names each bad field and what to change."""
 
 
+# Pydantic's type errors, in the apiserver's words ("spec.replicas in body must be of type integer"), so that a
+# string where a number goes reads the same from `kubectl apply` and from the operator.
+OPENAPI_TYPES = {
+    "int_type": "integer",
+    "float_type": "number",
+    "bool_type": "boolean",
+    "string_type": "string",
+    "list_type": "array",
+    "dict_type": "object",
+    "model_type": "object",
+}
+JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """`spec.engine.env[0].value`: the dotted path with list indexes in brackets, as the apiserver writes it."""
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
 def describe_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "spec"
-        problems.append(f"spec.{path}: {item['msg']}")
+        expected = OPENAPI_TYPES.get(item["type"])
+        if expected is None:
+            problems.append(f"{field_path(item['loc'])}: {item['msg']}")
+            continue
+        found = JSON_TYPES.get(type(item["input"]), "null" if item["input"] is None else type(item["input"]).__name__)
+        problems.append(f"{field_path(item['loc'])}: must be of type {expected}, not {found}")
     return "; ".join(problems)
 
 

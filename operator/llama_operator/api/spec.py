@@ -15,9 +15,11 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 
 from llama_operator.api.string_rules import (
+    LABEL_KEY,
     LOCAL_URL,
     NAMES_A_FILE,
     SOURCE_CHECKS,
+    VISIBLE_NAME,
     SourceCheck,
     cel_matches,
     fully_matches,
@@ -57,6 +59,7 @@ EngineName = Literal["auto", "vllm", "tgi", "llamacpp"]
 
 # No whitespace and no control characters: a source is shown in logs, events and kubectl output.
 SOURCE_PATTERN = r"^(hf|pvc|s3|https)://[^\s\x00-\x1f\x7f]+$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -282,6 +285,9 @@ class Engine(CamelModel):
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
 
 
+GPU_COUNT_RANGE = "placement.gpuCount must be 'auto' or an integer from 1 to 64"
+
+
 class Placement(RuledModel):
     """Which GPUs a replica runs on; `auto` lets the sizing choose the cheapest plan that fits."""
 
@@ -293,7 +299,7 @@ class Placement(RuledModel):
         ),
         Rule(
             "type(self.gpuCount) == string ? self.gpuCount == 'auto' : (self.gpuCount >= 1 && self.gpuCount <= 64)",
-            "placement.gpuCount must be 'auto' or an integer from 1 to 64",
+            GPU_COUNT_RANGE,
             lambda p: p.gpu_count == "auto" or (isinstance(p.gpu_count, int) and 1 <= p.gpu_count <= 64),
             ".gpuCount",
         ),
@@ -318,8 +324,27 @@ class Placement(RuledModel):
         description="Allow one replica to span this many nodes (vLLM only, as a LeaderWorkerSet).",
     )
 
+    @field_validator("gpu_count", mode="before")
+    @classmethod
+    def _auto_or_an_integer(cls, value: object) -> object:
+        """A string such as "2" is not 2: the apiserver's rule refuses any string but 'auto' with the rule's
+        message, and so does this, instead of pydantic's two messages for the two sides of the union."""
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise ValueError(GPU_COUNT_RANGE)
 
-class Serving(CamelModel):
+
+class Serving(RuledModel):
+    rules = (
+        Rule(
+            f"!has(self.servedModelName) || {cel_matches('self.servedModelName', VISIBLE_NAME)}",
+            "serving.servedModelName must be visible characters (no spaces, control characters or invisible "
+            "Unicode) and must not start with '-'; e.g. llama-3.1-8b-chat or meta-llama/Llama-3.1-8B-Instruct",
+            lambda s: s.served_model_name is None or fully_matches(VISIBLE_NAME, s.served_model_name),
+            ".servedModelName",
+        ),
+    )
+
     max_concurrent_sequences: int = Field(
         default=8,
         ge=1,
@@ -328,7 +353,12 @@ class Serving(CamelModel):
     )
     tool_calling: bool = Field(default=False, description="Enable function calling with the model's tool parser.")
     served_model_name: str | None = Field(
-        default=None, max_length=253, description="Name clients send as `model`; defaults to the object name."
+        default=None,
+        max_length=253,
+        description=(
+            "Name clients send as `model`; defaults to the object name. Visible characters only (no spaces or "
+            "control characters), not starting with '-'."
+        ),
     )
 
 
@@ -472,11 +502,22 @@ class LocalObjectReference(CamelModel):
     )
 
 
-class Scheduling(CamelModel):
+class Scheduling(RuledModel):
     """Passed through to the pods as written."""
 
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, description="Extra node labels the pods require."
+    rules = (
+        Rule(
+            f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.size() <= 317 && {cel_matches('k', LABEL_KEY)})",
+            "scheduling.nodeSelector keys must be label keys: an optional DNS subdomain prefix and '/', then at "
+            "most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, e.g. "
+            "nvidia.com/gpu.product",
+            lambda s: all(len(key) <= 317 and fully_matches(LABEL_KEY, key) for key in s.node_selector),
+            ".nodeSelector",
+        ),
+    )
+
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=32, description="Extra node labels the pods require (at most 32)."
     )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, max_length=32, description="Extra tolerations (core/v1 Toleration)."

@@ -31,11 +31,27 @@ LOCAL_URL = (
     r"|\[[0:]*1?\]|\[fe[89ab][0-9a-f]:[^\]]*\]|\[::ffff:[^\]]*\]"
     r")\.?(:[0-9]*)?([/?#].*)?"
 )
+# A name clients send and logs show: no spaces, no control characters (C0, C1) and none of the Unicode spaces,
+# zero-width and bidirectional controls that make a name read as another ("Trojan Source"); not starting
+# with '-', as it is an engine argument. Code points above 0xff as RE2 writes them, \x{...}.
+INVISIBLE = r" \x00-\x1f\x7f-\xa0\x{1680}\x{2000}-\x{200f}\x{2028}-\x{202f}\x{205f}-\x{206f}\x{3000}\x{feff}"
+VISIBLE_NAME = f"[^-{INVISIBLE}][^{INVISIBLE}]*"
+
+# A label key, as a node selector names it: [DNS subdomain prefix/]name, the name at most 63 characters.
+LABEL_KEY = (
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+RE2_CODE_POINT = re.compile(r"\\x\{([0-9a-fA-F]{1,8})\}")
+
+
+def python_regex(regex: str) -> str:
+    r"""`regex` as Python's re reads it: RE2's `\x{2028}` becomes `\U00002028`, the rest is the same."""
+    return RE2_CODE_POINT.sub(lambda code: f"\\U{int(code.group(1), 16):08x}", regex)
 
 
 def fully_matches(regex: str, value: str, *, ignore_case: bool = False) -> bool:
     """What CEL's `value.matches('^regex$')` answers (with `(?i)` when `ignore_case`)."""
-    return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+    return re.fullmatch(python_regex(regex), value, re.IGNORECASE if ignore_case else 0) is not None
 
 
 def cel_matches(field: str, regex: str, *, ignore_case: bool = False) -> str:
