@@ -10,8 +10,9 @@ import functools
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
@@ -160,9 +161,10 @@ class ApiContact:
     """What the operator's own calls saw of the apiserver, in monotonic seconds."""
 
     last_answer: float | None = None  # the last call that got an HTTP answer, whatever its status
-    failing_since: float | None = None  # the first call without an answer since then; None while answering
+    failing_since: float | None = None  # when the first call that ended without an answer since then was sent
     last_failure: float | None = None
     last_error: str = ""
+    waiting_since: float | None = None  # when the oldest call still waiting for its answer was sent
 
     @property
     def last_attempt(self) -> float | None:
@@ -171,42 +173,76 @@ class ApiContact:
 
 
 class Reachability:
-    """Whether calls reach the apiserver: every call of `Kube` reports here (from its API threads)."""
+    """Whether calls reach the apiserver: every call of `Kube` reports here (from its API threads) when it is
+    sent and when it ends, so a call that hangs (a frozen apiserver accepts connections and never answers)
+    counts as unanswered while it waits, not only once its timeout ends it."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._contact = ApiContact()
+        self._waiting: Counter[float] = Counter()  # send times of the calls in flight
 
     def now(self) -> float:
         return self._clock()
 
-    def answered(self) -> None:
-        with self._lock:
-            self._contact = ApiContact(last_answer=self._clock())
-
-    def failed(self, error: str) -> None:
+    def sent(self) -> float:
+        """A call goes out now; its send time is what `answered`/`failed` take back."""
         now = self._clock()
         with self._lock:
+            self._waiting[now] += 1
+        return now
+
+    def _ended(self, sent_at: float | None) -> None:
+        if sent_at is not None and self._waiting[sent_at] > 0:
+            self._waiting[sent_at] -= 1
+            if not self._waiting[sent_at]:
+                del self._waiting[sent_at]
+
+    def answered(self, sent_at: float | None = None) -> None:
+        with self._lock:
+            self._ended(sent_at)
+            self._contact = ApiContact(last_answer=self._clock())
+
+    def failed(self, error: str, sent_at: float | None = None) -> None:
+        now = self._clock()
+        with self._lock:
+            self._ended(sent_at)
             was = self._contact
-            since = was.failing_since if was.failing_since is not None else now
+            start = now if sent_at is None else max(sent_at, was.last_answer or sent_at)
+            since = start if was.failing_since is None else min(was.failing_since, start)
             self._contact = ApiContact(was.last_answer, since, now, error)
+
+    def ended(self, sent_at: float) -> None:
+        """A call that ended neither answered nor failed by the API (an error of our own): it waits no more."""
+        with self._lock:
+            self._ended(sent_at)
 
     def contact(self) -> ApiContact:
         with self._lock:
-            return self._contact
+            waiting = min(self._waiting) if self._waiting else None
+            return replace(self._contact, waiting_since=waiting)
 
 
 def liveness_problem(contact: ApiContact, *, now: float, limit_seconds: float, recent_seconds: float) -> str | None:
-    """Why the operator is not live, or None: no call has reached the apiserver for `limit_seconds`, and the
-    latest one failed within `recent_seconds` (an idle operator whose one call failed long ago proves
-    nothing: the probe's own ping decides)."""
-    if contact.failing_since is None or contact.last_failure is None:
+    """Why the operator is not live, or None: no call sent for `limit_seconds` has been answered — one failed
+    then and none answered since (the latest failure within `recent_seconds`: an idle operator whose one call
+    failed long ago proves nothing, the probe's own ping decides), or one still waits for its answer."""
+    starts = [t for t in (contact.failing_since, contact.waiting_since) if t is not None]
+    if not starts:
         return None
-    down = now - contact.failing_since
-    if down < limit_seconds or now - contact.last_failure > recent_seconds:
+    waiting = contact.waiting_since is not None and (contact.last_answer is None
+                                                     or contact.waiting_since >= contact.last_answer)  # fmt: skip
+    failing_now = contact.last_failure is not None and now - contact.last_failure <= recent_seconds
+    if not (waiting or (contact.failing_since is not None and failing_now)):
         return None
-    return f"no answer from the Kubernetes API for {down:.0f} s; last error: {contact.last_error}"
+    since = min(starts) if contact.last_answer is None else max(min(starts), contact.last_answer)
+    down = now - since
+    if down < limit_seconds:
+        return None
+    last = contact.last_error if contact.failing_since is not None else ""
+    detail = f"last error: {last}" if last else f"a call sent {now - (contact.waiting_since or since):.0f} s ago waits"
+    return f"no answer from the Kubernetes API for {down:.0f} s; {detail}"
 
 
 class Kube:
@@ -246,19 +282,26 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
+        sent = self.reachability.sent()
+        answered, failure = False, None
         try:
             response = self._api.call_api(method, url, header_params=headers, body=serialized, _request_timeout=timeout)
             data = response.read()  # type: ignore[no-untyped-call]
+            answered = True
         except ApiException as error:  # a 429 the client raised itself, or its wrapper of a TLS failure
-            if error.status:
-                self.reachability.answered()
-            else:
-                self.reachability.failed(_one_line(str(error.reason)))
+            answered = bool(error.status)
+            failure = None if answered else _one_line(str(error.reason))
             raise
         except (TransportError, OSError) as error:
-            self.reachability.failed(transport_message(error))
+            failure = transport_message(error)
             raise
-        self.reachability.answered()
+        finally:
+            if answered:
+                self.reachability.answered(sent)
+            elif failure is not None:
+                self.reachability.failed(failure, sent)
+            else:
+                self.reachability.ended(sent)  # ended by something else than the API (cancelled, our own bug)
         if response.status >= 400:
             raise ApiException(http_resp=response)
         result: Manifest = json.loads(data) if data else {}

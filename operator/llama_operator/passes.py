@@ -21,6 +21,7 @@ from typing import Any
 from llama_operator.api.parse import parse_status
 from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.kill_points import kill_point
+from llama_operator.kube import KubeError
 from llama_operator.metrics import PASSES, RECONCILE_SECONDS, STATUS_WRITES
 from llama_operator.observed import ObjectView, OwnerKey, resource_version
 from llama_operator.reconcile import ObjectRef, OperatorContext, Outcome, changed, reconcile, status_patch
@@ -152,7 +153,12 @@ class PassRunner:
             pending.cancel()
 
         async def recheck() -> None:
-            await self.run(key, read, "rollout-timer")
+            try:
+                await self.run(key, read, "rollout-timer")
+            except KubeError as error:  # the API is gone: say so in one line, and look again (nothing else will)
+                logger.warning("could not recheck %s/%s: %s; again in %.0f s", key[0], key[1], error,
+                               ROLLOUT_RECHECK_SECONDS)  # fmt: skip
+                self._recheck_later(key, read, ROLLOUT_RECHECK_SECONDS)
 
         def fire() -> None:
             self._rechecks.pop(key, None)

@@ -54,6 +54,37 @@ def test_reachability_counts_from_the_first_failure_and_an_answer_ends_it() -> N
     assert reach.contact() == ApiContact(last_answer=31.0)
 
 
+def test_a_call_that_hangs_counts_as_unanswered_while_it_waits() -> None:
+    """A frozen apiserver (SIGSTOP) accepts connections and never answers: the calls it holds are the
+    evidence, from when they were sent, before any timeout ends them."""
+    now = [100.0]
+    reach = Reachability(clock=lambda: now[0])
+    reach.answered()
+    now[0] = 110.0
+    hanging = reach.sent()
+    now[0] = 165.0
+    assert liveness_problem(reach.contact(), now=now[0], limit_seconds=LIMIT, recent_seconds=RECENT) is None
+    now[0] = 170.0
+    problem = liveness_problem(reach.contact(), now=now[0], limit_seconds=LIMIT, recent_seconds=RECENT)
+    assert problem == "no answer from the Kubernetes API for 60 s; a call sent 60 s ago waits"
+    reach.failed("ReadTimeoutError: read timed out", hanging)  # its timeout ends it: still down since it was sent
+    contact = reach.contact()
+    assert (contact.failing_since, contact.waiting_since) == (110.0, None)
+    assert liveness_problem(contact, now=now[0], limit_seconds=LIMIT, recent_seconds=RECENT) is not None
+
+
+def test_a_slow_call_is_not_an_outage_when_others_are_answered() -> None:
+    now = [0.0]
+    reach = Reachability(clock=lambda: now[0])
+    slow = reach.sent()
+    now[0] = 50.0
+    reach.answered(reach.sent())  # the apiserver answers another call meanwhile
+    now[0] = 100.0
+    assert liveness_problem(reach.contact(), now=now[0], limit_seconds=LIMIT, recent_seconds=RECENT) is None
+    reach.answered(slow)
+    assert reach.contact().waiting_since is None
+
+
 class PingedApi(FakeApi):
     """An apiserver that answers the probe's ping or does not, on a clock the test moves."""
 

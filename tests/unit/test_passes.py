@@ -274,6 +274,45 @@ def test_an_apiserver_that_does_not_answer_stops_the_pass_and_is_tried_by_the_ne
     assert 9 <= delay <= 10.5, "the second failure in a row waits 10 s"
 
 
+class StatusUnreachableApi(FakeApi):
+    """An apiserver that goes away before the status write of a pass."""
+
+    def __init__(self, owner: Manifest) -> None:
+        super().__init__(owner)
+        self.down = False
+
+    def patch_llamadeployment_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        if self.down:
+            raise UnreachableError("ConnectionRefusedError: [Errno 111] Connection refused")
+        return super().patch_llamadeployment_status(namespace, name, status)
+
+
+def test_a_recheck_whose_status_write_finds_no_apiserver_logs_one_line_and_looks_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rollout's timer pass runs on a pass worker, not under a kopf handler: an API error there must not
+    kill the worker (once an unretrieved task exception with a traceback) nor end the rechecks."""
+    api = StatusUnreachableApi(owner_manifest())
+    runner = runner_for(api)
+
+    async def scenario() -> float:
+        await runner.run(KEY, reader(api), "owner")
+        api.down = True
+        api.objects[("LlamaDeployment", "chat")]["spec"]["replicas"] = 2  # the pass has a status to write
+        runner._recheck_later(KEY, reader(api), 0.01)
+        await asyncio.sleep(0.3)
+        assert all(not worker.done() for worker in runner._workers), "a pass worker died"
+        return recheck_in(runner)
+
+    delay = asyncio.run(scenario())
+    assert 4 <= delay <= 5.1, "the recheck was not asked again"
+    lines = [r.getMessage() for r in caplog.records if "could not recheck" in r.getMessage()]
+    assert lines == [
+        "could not recheck ns/chat: 0 Unreachable: ConnectionRefusedError: [Errno 111] Connection refused; again in 5 s"
+    ]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 @pytest.mark.parametrize(
     ("name", "found"),
     [("chat.v2", "contains dots"), ("x" * 64, "has 64 characters"), ("3b-chat", "does not start with a letter")],
