@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 demo: setup controlplane llamaserver
 	$(BIN)/llama-operator-dev
 
+# A whole run: the reliability figures (kill points, outages, hostile inputs, fuzz cases) must reach their minimums.
 test: setup controlplane llamaserver vllmruntime lint
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	LLAMA_OPERATOR_RELIABILITY_MINIMUMS=1 $(BIN)/pytest -q -p no:cacheprovider tests
 
 setup: $(STAMP)
 
@@ -43,9 +44,18 @@ unit: setup
 integration: setup controlplane
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration
 
-# Every kill point of create, update, adapter rollout and scaling, not every third (tests/integration/test_kill_points.py).
-reliability: setup controlplane
-	LLAMA_OPERATOR_RELIABILITY_FULL=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_kill_points.py
+# The hardening suite's long run: every occurrence of every kill point, the outages, hostile input, fuzzing,
+# secrets and Pod Security; it writes RELIABILITY.md (tests/reliability.py).
+RELIABILITY_TESTS := tests/unit/test_fuzz_specs.py tests/unit/test_download_scripts.py \
+	tests/integration/test_kill_points.py tests/integration/test_kill_points_runtime.py tests/integration/test_outages.py \
+	tests/integration/test_autoscale_e2e.py \
+	tests/integration/test_vllm_standin_faults.py tests/integration/test_crd_admission.py \
+	tests/integration/test_hostile_input.py tests/integration/test_planted_secrets.py \
+	tests/integration/test_pod_security.py tests/integration/test_liveness.py tests/integration/test_refused_children.py
+reliability: setup controlplane llamaserver vllmruntime
+	LLAMA_OPERATOR_RELIABILITY_FULL=1 LLAMA_OPERATOR_RELIABILITY_MINIMUMS=1 \
+	LLAMA_OPERATOR_RELIABILITY_REPORT=RELIABILITY.md LLAMA_OPERATOR_RELIABILITY_COMMAND="make reliability" \
+	$(BIN)/pytest -q -p no:cacheprovider $(RELIABILITY_TESTS)
 
 crds: setup controlplane
 	$(BIN)/llama-operator crds > crds/llamadeployments.llamaops.io.yaml

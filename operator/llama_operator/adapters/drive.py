@@ -160,6 +160,7 @@ async def _load_and_verify(
     await _set(kube, namespace, name, _gate(passed=False, message=f"loading [{key}]", now=now, reason=LOADING_REASON))
     busy = await drain(http, url)
     load = await load_serving_set(http, url, adapters) if busy is None else None
+    kill_point("drive.load_and_verify:loaded")
     result = (
         await smoke_test(
             http, engine, url, served_name=served_name, adapters=adapters, smoke=spec.adapter_rollout.smoke_request
