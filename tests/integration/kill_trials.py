@@ -9,6 +9,7 @@ writes). Trials run side by side: most of a trial is waiting on the control plan
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from llama_operator_dev import ControlPlane
 from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.operator_process import OperatorProcess
+from tests.reliability import Recorder
 
 GROUP, VERSION, PLURAL = "llamaops.io", "v1alpha1", "llamadeployments"
 QUIET_SECONDS = 3.0
@@ -44,6 +46,7 @@ class Scenario:
     object_name: str  # the LlamaDeployment the steps act on
     steps: Sequence[Step]
     check_result: Callable[[Any, str], None]  # asserts the end state, after the last step converged
+    held: str  # what check_result proves, for the ledger
     config: Path  # the operator's --config file
     step_timeout_seconds: float = 90.0
 
@@ -237,3 +240,27 @@ def run_trials(
             for i, point in enumerate(points)
         ]
         return [future.result() for future in futures]
+
+
+def survive_every_point(
+    plane: ControlPlane, api_client: Any, scenario: Scenario, work: Path, *, max_occurrence: int, min_points: int,
+    must_reach: Sequence[str] = (), evidence: Callable[[str], None], ledger: Recorder,
+) -> None:  # fmt: skip
+    """Discovery, then a trial per point reached; each point survived goes into the ledger."""
+    discovery = discover(plane, api_client, scenario, work, max_occurrence)
+    evidence(f"{scenario.name}: {len(discovery.points)} kill points reached ({len(discovery.names)} names) in "
+             f"{discovery.seconds:.1f} s: {discovery.names}")  # fmt: skip
+    for name in must_reach:
+        assert name in discovery.names, f"{name} was never reached"
+    assert len(discovery.points) >= min_points, f"only {len(discovery.points)} kill points: {discovery.points}"
+    started = time.monotonic()
+    outcomes = run_trials(plane, api_client, scenario, work, discovery.points)
+    for outcome in outcomes:
+        ledger.kill_point(f"{scenario.name}: {outcome.point}", f"SIGKILL during '{outcome.killed_in}'; {scenario.held}")
+    evidence(f"{scenario.name}: kill points survived: {len(outcomes)} in {time.monotonic() - started:.0f} s")
+
+
+def converging_step(what: str, act: Callable[[Any, str], None], converged: Callable[..., bool | None],
+                    **target: Any) -> Step:  # fmt: skip
+    """A step whose end state is `converged(api_client, namespace, **target)`."""
+    return Step(what, act, functools.partial(converged, **target))

@@ -1,8 +1,16 @@
 """Autoscaling on real llama-server pods and a real Prometheus: a queue scales 1 -> N, the new pods
-take load, an idle deployment scales back after the window, and a stopped Prometheus holds replicas."""
+take load, an idle deployment scales back after the window, and a stopped Prometheus holds replicas.
+
+Two more outages on the same kind of pods: Prometheus stopped while an adapter canary waits at its metric
+gate (the canary is held, neither passed nor rolled back, and the rollout's condition says why), and an
+engine process SIGKILLed while it answers requests (only its own in-flight requests fail, the status shows
+the replica missing while the kubelet restarts it, and the deployment is whole again by itself)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +22,14 @@ from llama_operator_dev import ControlPlane
 from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
 from tests.integration.operator_process import OperatorProcess
-from tests.integration.serving_fixtures import GROUP, PLURAL, VERSION, ServingAssets, tiny_llama_deployment
+from tests.integration.serving_fixtures import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ServingAssets,
+    tiny_llama_deployment,
+    wait_adapter_rollout,
+)
 from tests.reliability import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
@@ -141,3 +156,140 @@ def test_queue_scales_up_holds_without_prometheus_and_scales_back(
 def test_config_file_reaches_the_operator(operator: OperatorProcess) -> None:
     assert "--config" in operator.extra_args
     assert Path(operator.extra_args[operator.extra_args.index("--config") + 1]).is_file()
+
+
+GATED = "tiny-gated"
+HELD_SECONDS = 16.0
+GATE_QUERY = "sum(llamacpp:requests_deferred) or vector(0)"
+
+
+def gated(assets: ServingAssets) -> dict[str, Any]:
+    """Two replicas with an adapter; a new version goes to one canary pod, then through a metric gate."""
+    manifest = tiny_llama_deployment(GATED, assets, adapters=True, extra_args=CHAT_TEMPLATE_ARGS, max_sequences=2)
+    manifest["spec"]["replicas"] = 2
+    manifest["spec"]["adapterRollout"] = {
+        "canaryReplicas": 1,
+        "timeoutSeconds": 600,
+        "smokeRequest": {"prompt": "Say hello.", "maxTokens": 4},
+        "metricGate": {"query": GATE_QUERY, "maxValue": 100, "windowSeconds": 0},
+    }
+    return manifest
+
+
+def test_a_prometheus_outage_at_the_metric_gate_holds_the_canary_until_it_answers(
+    api_client: Any, plane: ControlPlane, operator: OperatorProcess, assets: ServingAssets, ledger: Recorder
+) -> None:
+    assert plane.prometheus is not None
+    namespace = create_namespace(api_client)
+    objects = kube_client.CustomObjectsApi(api_client)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, gated(assets))
+
+    def rollout(check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        return wait_adapter_rollout(api_client, namespace, GATED, check, what=what, operator=operator,
+                                    timeout_seconds=150)  # fmt: skip
+
+    rollout(lambda r: r.get("phase") == "Succeeded", "the first adapter set to serve")
+    plane.prometheus.stop()
+    try:
+        adapters = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, GATED)["spec"]["adapters"]
+        adapters[0] = {**adapters[0], "version": "v2", "source": assets.adapter_source("v2")}
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, GATED, {"spec": {"adapters": adapters}}
+        )
+        rollout(lambda r: "metric gate unknown, holding the canary" in r.get("message", ""), "the gate held")
+        # Held, not decided: through three rechecks (every 5 s) the canary stays, nothing failed or rolled back.
+        held_until = time.monotonic() + HELD_SECONDS
+        while time.monotonic() < held_until:
+            now = (get_gated(api_client, namespace).get("status") or {}).get("adapterRollout") or {}
+            assert (now.get("phase"), now.get("step")) == ("Progressing", "MetricGate"), now
+            assert not now.get("failed"), now
+            time.sleep(0.5)  # sampling a window whose length is what is measured
+        condition = next(
+            c for c in get_gated(api_client, namespace)["status"]["conditions"] if c["type"] == "AdapterRollout"
+        )
+        assert "metric gate unknown, holding the canary" in condition["message"], condition
+    finally:
+        plane.prometheus.start()
+    done = rollout(lambda r: r.get("phase") == "Succeeded" and "tiny-lora@v2" in r.get("target", []), "v2 everywhere")
+    assert not done.get("failed"), done
+    ledger.outage(
+        "Prometheus stopped during an adapter's metric gate",
+        f"the canary held at MetricGate (not rolled back) while the condition said: {condition['message']}; "
+        f"held {HELD_SECONDS:.0f} s; the rollout succeeded once Prometheus answered",
+    )
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, GATED)  # its pods free the pool
+
+
+def get_gated(api_client: Any, namespace: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, GATED
+    )
+    return obj
+
+
+KILLED = "tiny-killed"
+
+
+def engine_pid(pod: Any) -> int:
+    """The pid of the pod's running engine, from its container ID (`process://PID` on the process pool)."""
+    status = next(c for c in pod.status.container_statuses if c.name == pod.spec.containers[0].name)
+    assert status.state.running is not None, status
+    return int(status.container_id.removeprefix("process://"))
+
+
+def test_an_engine_killed_mid_request_costs_only_its_own_requests_and_heals(
+    api_client: Any, operator: OperatorProcess, assets: ServingAssets, ledger: Recorder
+) -> None:
+    namespace = create_namespace(api_client)
+    manifest = tiny_llama_deployment(KILLED, assets, adapters=False, extra_args=CHAT_TEMPLATE_ARGS, max_sequences=2)
+    manifest["spec"]["replicas"] = 2
+    objects = kube_client.CustomObjectsApi(api_client)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    core = kube_client.CoreV1Api(api_client)
+
+    def status(ready: str) -> dict[str, Any] | None:
+        obj = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, KILLED)
+        return obj if (obj.get("status") or {}).get("ready") == ready else None
+
+    try:
+        poll_until(lambda: status("2/2"), 120, "two ready replicas")
+    except pytest.fail.Exception:
+        print(objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, KILLED).get("status"))
+        raise
+    pods = core.list_namespaced_pod(namespace, label_selector=f"llamaops.io/deployment={KILLED}").items
+    victim = sorted(pods, key=lambda p: p.metadata.name)[0]
+    victim_url = f"http://{victim.status.pod_ip}:"
+    with Load(api_client, namespace, KILLED, long_chat, clients=3, max_seconds=120) as load:
+        poll_until(lambda: True if len(load.result.succeeded) >= 2 else None, 60, "both pods answering")
+        before = dict(load.result.succeeded)
+        os.kill(engine_pid(victim), signal.SIGKILL)
+        missing = poll_until(lambda: status("1/2"), 30, "the status to show the killed replica missing")
+        ready = next(c for c in missing["status"]["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["message"].split(";")[0]) == ("False", "1/2 replicas ready"), ready
+        whole = poll_until(lambda: status("2/2"), 120, "the replica back by itself")
+
+        def victim_serving_again() -> bool | None:
+            served = sum(n for u, n in load.result.succeeded.items() if u.startswith(victim_url))
+            before_victim = sum(n for u, n in before.items() if u.startswith(victim_url))
+            return True if served > before_victim else None
+
+        poll_until(victim_serving_again, 60, "the restarted engine to answer requests")
+        result = load.stop()
+    restarted = core.read_namespaced_pod(victim.metadata.name, namespace)
+    engine_status = next(c for c in restarted.status.container_statuses if c.name == victim.spec.containers[0].name)
+    assert engine_status.restart_count >= 1
+    assert engine_status.last_state.terminated.exit_code == 128 + signal.SIGKILL
+    print(f"engine killed: {result.total} requests, failures {result.failures}")
+    assert all(victim.status.pod_ip in failure for failure in result.failures), result.failures
+    # In flight on the engine when it died: cut off. Sent to it until its readiness probe failed (as a Service
+    # would route them): refused. No other pod lost a request.
+    cut_off = [f for f in result.failures if "ConnectError" not in f]
+    refused = len(result.failures) - len(cut_off)
+    assert len(cut_off) <= 3, f"more than the 3 clients' requests in flight on the killed engine failed: {cut_off}"
+    assert whole["status"]["phase"] == "Ready"
+    ledger.outage(
+        "an engine pod's process killed mid-request",
+        f"{len(cut_off)} requests in flight on it cut off, {refused} refused before its readiness probe failed, "
+        f"{result.total - len(result.failures)} succeeded; "
+        f"Ready=False said '{ready['message']}' until the kubelet's restart served again",
+    )

@@ -10,9 +10,7 @@ step instead of 4. The vLLM runtime path is `test_kill_points_runtime.py`.
 
 from __future__ import annotations
 
-import functools
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,10 @@ from tests.integration.kill_trials import (
     PLURAL,
     VERSION,
     Scenario,
-    Step,
     check_children,
     check_quiet,
-    discover,
-    run_trials,
+    converging_step,
+    survive_every_point,
 )
 from tests.reliability import Recorder
 
@@ -127,19 +124,17 @@ def check_result(api_client: Any, namespace: str) -> None:
 
 
 def scenario(config: Path) -> Scenario:
-    def step(what: str, act: Callable[[Any, str], None], replicas: int, version: str) -> Step:
-        return Step(what, act, functools.partial(converged, replicas=replicas, version=version))
-
     return Scenario(
         name="surge scenario",
         object_name=NAME,
         steps=(
-            step("create with adapter v3", _create, 1, "v3"),
-            step("replicas 1 -> 2", _replicas, 2, "v3"),
-            step("adapter v3 -> v4", _adapter_version, 2, "v4"),
-            step("scale subresource 2 -> 3", _scale, 3, "v4"),
+            converging_step("create with adapter v3", _create, converged, replicas=1, version="v3"),
+            converging_step("replicas 1 -> 2", _replicas, converged, replicas=2, version="v3"),
+            converging_step("adapter v3 -> v4", _adapter_version, converged, replicas=2, version="v4"),
+            converging_step("scale subresource 2 -> 3", _scale, converged, replicas=3, version="v4"),
         ),
         check_result=check_result,
+        held="converged, one child of each kind, no duplicate ReplicaSet, then quiet",
         config=config,
     )
 
@@ -150,17 +145,5 @@ def test_operator_killed_at_every_step_converges(
     install_crd(api_client)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({}))
-    surge = scenario(config)
-    discovery = discover(control_plane, api_client, surge, tmp_path, MAX_OCCURRENCE)
-    evidence(f"kill points: {len(discovery.points)} reached ({len(discovery.names)} names) in "
-             f"{discovery.seconds:.1f} s: {discovery.names}")  # fmt: skip
-    assert len(discovery.points) >= MIN_POINTS, f"only {len(discovery.points)} kill points: {discovery.points}"
-    started = time.monotonic()
-    outcomes = run_trials(control_plane, api_client, surge, tmp_path, discovery.points)
-    for outcome in outcomes:
-        ledger.kill_point(
-            f"{surge.name}: {outcome.point}",
-            f"SIGKILL during '{outcome.killed_in}'; converged, one child of each kind, no duplicate ReplicaSet, "
-            "then quiet",
-        )
-    evidence(f"kill points survived: {len(outcomes)} of {len(discovery.points)} in {time.monotonic() - started:.0f} s")
+    survive_every_point(control_plane, api_client, scenario(config), tmp_path, max_occurrence=MAX_OCCURRENCE,
+                        min_points=MIN_POINTS, evidence=evidence, ledger=ledger)  # fmt: skip

@@ -11,9 +11,7 @@ by pod at run time, then replicas 2 -> 3 (the new pod gets v2 before it takes tr
 
 from __future__ import annotations
 
-import functools
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,11 @@ from tests.integration.kill_trials import (
     PLURAL,
     VERSION,
     Scenario,
-    Step,
     check_children,
     check_quiet,
-    discover,
+    converging_step,
     get_ld,
-    run_trials,
+    survive_every_point,
 )
 from tests.integration.vllm_fixtures import VllmAssets, support_adapter, vllm_llama_deployment
 from tests.reliability import Recorder
@@ -117,18 +114,16 @@ def check_result(api_client: Any, namespace: str) -> None:
 
 
 def scenario(config: Path) -> Scenario:
-    def step(what: str, act: Callable[[Any, str], None], replicas: int, version: str) -> Step:
-        return Step(what, act, functools.partial(converged, replicas=replicas, version=version))
-
     return Scenario(
         name="vLLM runtime scenario",
         object_name=NAME,
         steps=(
-            step("create with adapter v1", _create, 2, "v1"),
-            step("adapter v1 -> v2 at run time", _v2, 2, "v2"),
-            step("replicas 2 -> 3", _three_replicas, 3, "v2"),
+            converging_step("create with adapter v1", _create, converged, replicas=2, version="v1"),
+            converging_step("adapter v1 -> v2 at run time", _v2, converged, replicas=2, version="v2"),
+            converging_step("replicas 2 -> 3", _three_replicas, converged, replicas=3, version="v2"),
         ),
         check_result=check_result,
+        held="every pod has the target set loaded, none replaced or restarted, one pod template, then quiet",
         config=config,
         step_timeout_seconds=150,
     )
@@ -141,18 +136,6 @@ def test_operator_killed_at_every_step_of_a_runtime_rollout_converges(
     install_crd(api_client)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"hubEndpoint": assets.hub.url}))
-    runtime = scenario(config)
-    discovery = discover(plane, api_client, runtime, tmp_path, MAX_OCCURRENCE)
-    evidence(f"runtime kill points: {len(discovery.points)} reached ({len(discovery.names)} names) in "
-             f"{discovery.seconds:.1f} s: {discovery.names}")  # fmt: skip
-    assert "drive.load_and_verify:loaded" in discovery.names, "the runtime load was never reached"
-    assert len(discovery.points) >= MIN_POINTS, f"only {len(discovery.points)} kill points: {discovery.points}"
-    started = time.monotonic()
-    outcomes = run_trials(plane, api_client, runtime, tmp_path, discovery.points)
-    for outcome in outcomes:
-        ledger.kill_point(
-            f"{runtime.name}: {outcome.point}",
-            f"SIGKILL during '{outcome.killed_in}'; every pod has the target set loaded, none replaced or "
-            "restarted, one pod template, then quiet",
-        )
-    evidence(f"runtime kill points survived: {len(outcomes)} in {time.monotonic() - started:.0f} s")
+    survive_every_point(plane, api_client, scenario(config), tmp_path, max_occurrence=MAX_OCCURRENCE,
+                        min_points=MIN_POINTS, must_reach=["drive.load_and_verify:loaded"], evidence=evidence,
+                        ledger=ledger)  # fmt: skip
