@@ -259,7 +259,8 @@ def test_an_engine_killed_mid_request_costs_only_its_own_requests_and_heals(
     pods = core.list_namespaced_pod(namespace, label_selector=f"llamaops.io/deployment={KILLED}").items
     victim = sorted(pods, key=lambda p: p.metadata.name)[0]
     victim_url = f"http://{victim.status.pod_ip}:"
-    with Load(api_client, namespace, KILLED, long_chat, clients=3, max_seconds=120) as load:
+    clients = 3
+    with Load(api_client, namespace, KILLED, long_chat, clients=clients, max_seconds=120) as load:
         poll_until(lambda: True if len(load.result.succeeded) >= 2 else None, 60, "both pods answering")
         before = dict(load.result.succeeded)
         os.kill(engine_pid(victim), signal.SIGKILL)
@@ -281,11 +282,15 @@ def test_an_engine_killed_mid_request_costs_only_its_own_requests_and_heals(
     assert engine_status.last_state.terminated.exit_code == 128 + signal.SIGKILL
     print(f"engine killed: {result.total} requests, failures {result.failures}")
     assert all(victim.status.pod_ip in failure for failure in result.failures), result.failures
-    # In flight on the engine when it died: cut off. Sent to it until its readiness probe failed (as a Service
-    # would route them): refused. No other pod lost a request.
+    # In flight on the engine when it died: cut off. Each client also keeps an idle keep-alive connection to it,
+    # and the first request sent on one after the kill can meet the closed socket before the client sees it is
+    # closed: at most one more per client. Sent to it until its readiness probe failed (as a Service would route
+    # them): refused. No other pod lost a request.
     cut_off = [f for f in result.failures if "ConnectError" not in f]
     refused = len(result.failures) - len(cut_off)
-    assert len(cut_off) <= 3, f"more than the 3 clients' requests in flight on the killed engine failed: {cut_off}"
+    assert len(cut_off) <= 2 * clients, (
+        f"more requests cut off than the {clients} clients had in flight or pooled on the killed engine: {cut_off}"
+    )
     assert whole["status"]["phase"] == "Ready"
     ledger.outage(
         "an engine pod's process killed mid-request",
