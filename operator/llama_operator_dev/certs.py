@@ -2,7 +2,9 @@
 
 One throwaway CA signs a serving certificate for 127.0.0.1/localhost (shared by every
 component), one client certificate per identity, and an RSA key pair signs service-account
-tokens. Everything is regenerated on each start; nothing here is meant to leave the machine.
+tokens. The process-backed kubelet's log server has a serving certificate of its own
+(``kubelet-serving``, 127.0.0.1), and the apiserver dials it with the ``apiserver-kubelet-client``
+certificate, as kubeadm sets a cluster up. Everything is regenerated on each start; nothing here is meant to leave the machine.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ClientIdentity:
 ADMIN = ClientIdentity("admin", "llama-operator-admin", ("system:masters",))
 CONTROLLER_MANAGER = ClientIdentity("kube-controller-manager", "system:kube-controller-manager")
 SCHEDULER = ClientIdentity("kube-scheduler", "system:kube-scheduler")
+# The apiserver's identity towards kubelets (pods/log, exec ...); kubeadm's name and group.
+KUBELET_CLIENT = ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+KUBELET_SERVING_SUBJECT_ALT_NAMES = ("IP:127.0.0.1", "DNS:localhost")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class ClusterCertificates:
     admin: CertificateFiles
     controller_manager: CertificateFiles
     scheduler: CertificateFiles
+    kubelet_client: CertificateFiles
+    kubelet_serving: CertificateFiles
     service_account_private_key: Path
     service_account_public_key: Path
 
@@ -164,6 +171,14 @@ def generate_cluster_certificates(directory: Path) -> ClusterCertificates:
         admin=make_client_certificate(authority, directory, ADMIN),
         controller_manager=make_client_certificate(authority, directory, CONTROLLER_MANAGER),
         scheduler=make_client_certificate(authority, directory, SCHEDULER),
+        kubelet_client=make_client_certificate(authority, directory, KUBELET_CLIENT),
+        kubelet_serving=sign_certificate(
+            authority,
+            CertificateFiles(cert=directory / "kubelet-serving.crt", key=directory / "kubelet-serving.key"),
+            subject_of("system:node:process-backed"),
+            "serverAuth",
+            KUBELET_SERVING_SUBJECT_ALT_NAMES,
+        ),
         service_account_private_key=private_key,
         service_account_public_key=public_key,
     )

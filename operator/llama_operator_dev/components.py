@@ -160,6 +160,13 @@ def apiserver_command(
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        # pods/log (kubectl logs) is proxied to the node's kubelet: the process-backed kubelet's
+        # log server at the node's InternalIP (127.0.0.1) and its daemonEndpoints port, whose
+        # certificate is checked against our CA (without a CA the apiserver would not check it).
+        f"--kubelet-client-certificate={certificates.kubelet_client.cert}",
+        f"--kubelet-client-key={certificates.kubelet_client.key}",
+        f"--kubelet-certificate-authority={certificates.ca.cert}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         *extra_flags,
     ]
 
@@ -198,6 +205,10 @@ def controller_manager_command(
         f"--root-ca-file={certificates.ca.cert}",
         f"--cluster-signing-cert-file={certificates.ca.cert}",
         f"--cluster-signing-key-file={certificates.ca.key}",
+        # The PV controller's own hostPath provisioner (testing only, one host): a claim of the
+        # dev cluster's default StorageClass gets a folder /tmp/hostpath_pv/<uuid>, removed again
+        # with the PV (reclaim Delete; its deleter removes only folders under /tmp/).
+        "--enable-hostpath-provisioner",
         *extra_flags,
     ]
 

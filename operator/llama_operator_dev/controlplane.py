@@ -13,6 +13,10 @@ Two optional components: ``process_backed`` runs the pods of the process-backed 
 local processes (``process_kubelet.py``; KWOK then leaves those nodes alone), and
 ``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``).
 
+Claims are provisioned for real: the controller-manager's own hostPath provisioner backs the
+default StorageClass ``local-hostpath`` that ``start()`` creates (folders ``/tmp/hostpath_pv/<uuid>``,
+reclaim Delete; ``storage.py``), and the process-backed kubelet mounts those claims.
+
 Two opt-ins for measuring many objects: ``scale=ScaleSettings()`` raises the client limits and
 worker counts of the controller-manager and scheduler (and the apiserver's in-flight limits),
 and ``audit_log=True`` makes the apiserver write one JSON line per request to
@@ -41,6 +45,7 @@ from llama_operator_dev.binaries import ControlPlaneBinaries, find_binaries
 from llama_operator_dev.certs import (
     ADMIN,
     CONTROLLER_MANAGER,
+    KUBELET_CLIENT,
     SCHEDULER,
     CertificateFiles,
     ClientIdentity,
@@ -58,8 +63,10 @@ from llama_operator_dev.pools import (
     pool_node_manifests,
 )
 from llama_operator_dev.process_kubelet import ProcessBackedConfig, ProcessKubelet
+from llama_operator_dev.process_kubelet_logs import KubeletServerFiles
 from llama_operator_dev.processes import HealthEndpoint, ManagedProcess, client_tls_context
 from llama_operator_dev.prometheus import Prometheus
+from llama_operator_dev.storage import create_default_storage_class, remove_leftover_volume_folders
 
 LOGGER = logging.getLogger(__name__)
 
@@ -127,6 +134,9 @@ class ControlPlane:
         for optional in (self.prometheus, self.process_kubelet, self.fake_pod_gates):
             if optional is not None:
                 optional.stop()
+        if "kube-apiserver" in self.running_components():
+            with self.new_api_client() as api_client:
+                remove_leftover_volume_folders(api_client)
         for name in reversed(COMPONENTS):
             process = self._processes.get(name)
             if process is None:
@@ -240,11 +250,19 @@ class ControlPlane:
         with self.new_api_client() as api_client:
             self.node_names = create_pool_nodes(api_client, pool_node_manifests(pools))
             LOGGER.info("[%5.1fs] registered %d pool nodes", self._elapsed(), len(self.node_names))
+            create_default_storage_class(api_client)
             self._start_kwok(binaries)
             self.fake_pod_gates = FakePodGates(self.new_api_client, self._kwok_node_selector())
             self.fake_pod_gates.start()
             if self.process_backed is not None:
-                self.process_kubelet = ProcessKubelet(self.new_api_client, self.process_backed, self.workdir / "pods")
+                server_files = KubeletServerFiles(
+                    serving=certificates.kubelet_serving,
+                    client_ca=certificates.ca.cert,
+                    allowed_clients=frozenset({KUBELET_CLIENT.user, ADMIN.user}),
+                )
+                self.process_kubelet = ProcessKubelet(
+                    self.new_api_client, self.process_backed, self.workdir / "pods", server_files
+                )
                 self.process_kubelet.start()
             waited = wait_for_nodes_ready(api_client, self.node_names, self.startup_timeout_seconds)
             LOGGER.info("[%5.1fs] %d pool nodes Ready after %.1fs", self._elapsed(), len(self.node_names), waited)

@@ -14,6 +14,15 @@ this component plays the kubelet instead, so a llama.cpp pod the operator render
 - each ``emptyDir`` volume of a pod is a host folder under the pod's folder, mapped at its
   containers' mount paths (a static ``path_map`` entry for the same or a longer path wins); pod
   paths are also mapped inside command/args strings and env values, so a ``sh -c`` script works;
+- each ``persistentVolumeClaim`` volume is the folder of the claim's PV (hostPath or local; the
+  dev cluster's default StorageClass provisions ``/tmp/hostpath_pv/<uuid>``, ``storage.py``),
+  mapped the same way; the pod waits (Pending, ``ContainerCreating``, a ``FailedMount`` event
+  naming the claim) until the claim is Bound. ``readOnly`` is not enforced (see
+  ``process_pod_paths.py``), and a claim's folder is never removed with a pod;
+- with ``server_files``, an HTTPS server on 127.0.0.1 serves ``containerLogs`` from the workers'
+  log files, and each node's ``daemonEndpoints.kubeletEndpoint.Port`` names it: the apiserver
+  proxies ``pods/log`` (``kubectl logs``, ``read_namespaced_pod_log``) there
+  (``process_kubelet_logs.py``);
 - init containers run first, in order, each to completion (a failing one again with the
   kubelet's back-off; with ``restartPolicy: Never`` the pod fails), and the pod stays Pending,
   ``Initialized=False``, until they all completed;
@@ -42,6 +51,7 @@ from kubernetes.client import ApiClient
 
 from llama_operator_dev.pools import PROCESS_BACKED_LABEL
 from llama_operator_dev.process_kubelet_api import API_ERRORS, KubeletApi, Manifest
+from llama_operator_dev.process_kubelet_logs import KubeletLogServer, KubeletServerFiles, PodLogSource
 from llama_operator_dev.process_pod_worker import PodWorker, ProbeRecord, WorkerSettings
 from llama_operator_dev.process_pods import LoopbackAllocator, node_lease, node_status_patch
 
@@ -96,8 +106,17 @@ def _now(micro: bool = False) -> str:
 class ProcessKubelet:
     """Plays the kubelet of the labelled nodes until ``stop()``."""
 
-    def __init__(self, new_api_client: Callable[[], ApiClient], config: ProcessBackedConfig, work_dir: Path) -> None:
+    def __init__(
+        self,
+        new_api_client: Callable[[], ApiClient],
+        config: ProcessBackedConfig,
+        work_dir: Path,
+        server_files: KubeletServerFiles | None = None,
+    ) -> None:
         self.config = config
+        self.log_server = (
+            KubeletLogServer(server_files, self.log_source, host=config.host_ip) if server_files is not None else None
+        )
         self.work_dir = work_dir
         self.node_names: list[str] = []
         self._new_api_client = new_api_client
@@ -141,6 +160,8 @@ class ProcessKubelet:
             )
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_server is not None:
+            self.log_server.start()
         for node_name in self.node_names:  # these nodes run real containers now: not KWOK fakes
             self._api.patch_node(node_name, {"metadata": {"annotations": {FAKE_NODE_ANNOTATION: None}}})
         self._heartbeat(node_status=True)
@@ -171,6 +192,8 @@ class ProcessKubelet:
             worker.join(self.config.stop_grace_seconds + 5.0)
         for thread in self._threads:
             thread.join(WATCH_TIMEOUT_SECONDS + 1.0)
+        if self.log_server is not None:
+            self.log_server.stop()
         for api_client in self._api_clients:
             api_client.close()  # type: ignore[no-untyped-call]
         self._threads.clear()
@@ -192,6 +215,18 @@ class ProcessKubelet:
                 return worker.pod_dir
         return None
 
+    def log_source(self, namespace: str, name: str) -> PodLogSource | None:
+        """What the log server needs of a pod this kubelet runs (or ran and still has); None for another pod."""
+        for worker in list(self._workers.values()):
+            if (worker.namespace, worker.name) == (namespace, name):
+                return PodLogSource(
+                    pod_dir=worker.pod_dir,
+                    containers=worker.container_names,
+                    waiting_reasons=worker.waiting_reasons(),
+                    is_running=worker.is_running,
+                )
+        return None
+
     # -- threads -----------------------------------------------------------------------------
 
     def _client(self) -> KubeletApi:
@@ -210,7 +245,10 @@ class ProcessKubelet:
         for node_name in self.node_names:
             try:
                 if node_status:
-                    patch = node_status_patch(self.config.host_ip, node_name, _now(), self.config.kubelet_version)
+                    port = self.log_server.port if self.log_server is not None else None
+                    patch = node_status_patch(
+                        self.config.host_ip, node_name, _now(), self.config.kubelet_version, kubelet_port=port
+                    )
                     self._api.patch_node_status(node_name, patch)
                 lease = node_lease(
                     node_name, self._node_uids[node_name], self.config.lease_duration_seconds, _now(micro=True)

@@ -161,6 +161,10 @@ class KubeletApi:
         # gates) stay as they are; container statuses are replaced whole.
         return self._call("PATCH", path, body={"status": status}, content_type="application/strategic-merge-patch+json")
 
+    def create_event(self, event: Manifest) -> None:
+        namespace = event["metadata"]["namespace"]
+        self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
+
     def delete_pod_now(self, namespace: str, name: str, uid: str) -> None:
         """The kubelet's final delete: grace 0, only this incarnation of the pod (uid precondition)."""
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}

@@ -2,8 +2,15 @@
 
 A pod names paths inside its own filesystem; the harness maps them to host paths. Two sources
 make up a container's path map: the static ``path_map`` of the harness config, and the pod's
-``emptyDir`` volumes, each a host folder under the pod's folder (``<pod_dir>/volumes/<volume>``)
-that the container's ``volumeMounts`` place at their mount paths. For any path the longest
+volumes that ``volumeMounts`` place at their mount paths: each ``emptyDir`` volume is a host
+folder under the pod's folder (``<pod_dir>/volumes/<volume>``), each ``persistentVolumeClaim``
+volume the folder of the PV bound to the claim (``spec.hostPath.path`` or ``spec.local.path``,
+``claim_volume_folder``), which a pod's removal never touches.
+
+``readOnly`` (on the volume or on the mount) is not enforced: every pod process runs as the
+harness' own user, which owns the PV folders too, and taking write access away from one process
+but not another needs privileges (a read-only bind mount, another uid) the harness does not have.
+A pod that writes into a read-only mount succeeds here where a real kubelet's pod gets EROFS. For any path the longest
 matching entry wins; a static entry wins over a mount of the same path. Mapping applies to whole
 arguments and to pod paths *inside* command/args strings and env values (a ``sh -c`` script,
 ``name=/adapters/a/v1``), at path boundaries only (see ``map_pod_text``). Host folders should not
@@ -197,13 +204,47 @@ def container_command(
 def pod_volume_folders(spec: Manifest, pod_dir: Path) -> dict[str, Path]:
     """The pod's ``emptyDir`` volumes -> their host folders (``<pod_dir>/volumes/<name>``).
 
-    Other volume kinds (persistentVolumeClaim, configMap, secret, projected ...) are not backed.
+    Claims come from ``claim_volume_folder``; other kinds (configMap, secret, projected ...) are not backed.
     """
     return {
         str(volume["name"]): pod_dir / VOLUMES_FOLDER / str(volume["name"])
         for volume in spec.get("volumes") or []
         if "emptyDir" in volume
     }
+
+
+def pod_claims(spec: Manifest) -> dict[str, str]:
+    """The pod's ``persistentVolumeClaim`` volumes: volume name -> claim name."""
+    return {
+        str(volume["name"]): str(volume["persistentVolumeClaim"]["claimName"])
+        for volume in spec.get("volumes") or []
+        if "persistentVolumeClaim" in volume
+    }
+
+
+def claim_volume_folder(claim_name: str, claim: Manifest | None, volume: Manifest | None) -> Path | str:
+    """The host folder of a claim's volume, or why the pod cannot start yet (a kubelet's wording).
+
+    ``claim`` is the PVC as read (None: not found), ``volume`` the PV it is bound to (None: not
+    read or not found). The folder is the PV's ``hostPath.path`` or ``local.path``.
+    """
+    if claim is None:
+        return f'persistentvolumeclaim "{claim_name}" not found'
+    if (claim.get("metadata") or {}).get("deletionTimestamp") is not None:
+        return f'persistentvolumeclaim "{claim_name}" is being deleted'
+    volume_name = str((claim.get("spec") or {}).get("volumeName") or "")
+    if (claim.get("status") or {}).get("phase") != "Bound" or not volume_name:
+        return f'persistentvolumeclaim "{claim_name}" is not bound'
+    if volume is None:
+        return f'persistentvolume "{volume_name}" of claim "{claim_name}" not found'
+    spec = volume.get("spec") or {}
+    path = (spec.get("hostPath") or {}).get("path") or (spec.get("local") or {}).get("path")
+    if not path or not str(path).startswith("/"):
+        return (
+            f'persistentvolume "{volume_name}" of claim "{claim_name}" has no hostPath or local path: '
+            "the process-backed kubelet backs only those"
+        )
+    return Path(str(path))
 
 
 def container_mount_folders(container: Manifest, volume_folders: Mapping[str, Path]) -> dict[str, Path]:

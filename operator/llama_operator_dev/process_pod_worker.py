@@ -1,12 +1,16 @@
 """One pod of the process-backed pool, run by its own thread as a kubelet would run it.
 
-The worker gives the pod's ``emptyDir`` volumes host folders (``<pod_dir>/volumes/<name>``),
-runs the init containers one after the other, each to completion (a failing one again with
+The worker gives the pod's ``emptyDir`` volumes host folders (``<pod_dir>/volumes/<name>``)
+and its ``persistentVolumeClaim`` volumes the folders of their PVs: until every claim is Bound
+(to a PV with a hostPath or local path) the pod stays Pending, its containers waiting
+(``ContainerCreating``) with the reason as message, and a ``FailedMount`` event names the claim;
+it looks again every few seconds. Then it runs the init containers one after the other, each to completion (a failing one again with
 back-off, or the pod fails when it never restarts), then starts the pod's first container as a
 local process (paths mapped, bound to the pod's loopback address), runs its startup, readiness
 and liveness probes against it, restarts it with back-off when it exits, and on deletion runs
 the preStop hook, sends SIGTERM, SIGKILL after the grace period, deletes the pod for good and
-removes its volumes. Everything it learns goes to the pod's status subresource.
+removes its emptyDir volumes (never a claim's folder: that lives on with the PV). Everything it
+learns goes to the pod's status subresource.
 """
 
 from __future__ import annotations
@@ -29,21 +33,25 @@ from kubernetes.client.exceptions import ApiException
 from llama_operator_dev.process_kubelet_api import API_ERRORS, HTTP_NOT_FOUND, KubeletApi
 from llama_operator_dev.process_pod_paths import (
     VOLUMES_FOLDER,
+    claim_volume_folder,
     container_command,
     container_environment,
     container_mount_folders,
     container_path_map,
+    pod_claims,
     pod_volume_folders,
     process_environment,
     unbacked_volumes,
 )
 from llama_operator_dev.process_pods import (
     CRASH_LOOP_BACK_OFF,
+    POD_INITIALIZING,
     Terminated,
     crashes_after_exit,
     exit_reason,
     initial_views,
     is_sidecar,
+    pod_event,
     pod_status,
     restart_backoff_seconds,
     should_restart,
@@ -62,6 +70,7 @@ MIN_KILL_GRACE_SECONDS = 2.0  # the kubelet's minimum between SIGTERM and SIGKIL
 EXIT_POLL_SECONDS = 0.25
 STATUS_RETRY_SECONDS = 1.0
 START_ERROR_EXIT_CODE = 128
+CLAIM_RETRY_SECONDS = 2.0  # how often a pod waiting on its claims looks again
 
 
 def now_rfc3339() -> str:
@@ -135,7 +144,8 @@ class PodWorker:
         self._main_name = str(spec["containers"][0]["name"])
         self._other_names = [str(c["name"]) for c in spec["containers"][1:]]
         self._views = initial_views(spec)  # container name -> its status, init containers included
-        self._volume_folders = pod_volume_folders(spec, pod_dir)
+        self._volume_folders = pod_volume_folders(spec, pod_dir)  # claims join once they are Bound
+        self._claims = pod_claims(spec)
         self._conditions: list[Manifest] = []  # the kubelet's own conditions, as last written
         self._written: Manifest | None = None
         self._thread = threading.Thread(target=self._run, name=f"pod {self.namespace}/{self.name}", daemon=True)
@@ -171,6 +181,24 @@ class PodWorker:
 
     def join(self, timeout_seconds: float) -> None:
         self._thread.join(timeout_seconds)
+
+    # -- what the log server reads -------------------------------------------------------------
+
+    @property
+    def container_names(self) -> tuple[str, ...]:
+        return (*self._init_names, self._main_name, *self._other_names)
+
+    def waiting_reasons(self) -> dict[str, str]:
+        """Container -> why it waits (its waiting reason), "" for one that runs or ran."""
+        views = dict(self._views)
+        return {
+            name: (view.reason or "ContainerCreating") if view.state == "waiting" else ""
+            for name, view in views.items()
+        }
+
+    def is_running(self, container: str) -> bool:
+        process = self._process
+        return self._process_container == container and process is not None and process.poll() is None
 
     # -- the pod's life ------------------------------------------------------------------------
 
@@ -208,10 +236,9 @@ class PodWorker:
     def _serve(self) -> None:
         spec = self._snapshot()["spec"]
         main = spec["containers"][0]
-        self._make_volumes(spec)
         self._write_status()
         restart_policy = str(spec.get("restartPolicy", "Always"))
-        if self._initialize(spec, restart_policy):
+        if self._mount_claims() and self._make_volumes(spec) and self._initialize(spec, restart_policy):
             exited = self._run_with_restarts(main, lambda code: should_restart(restart_policy, code), init=False)
             if exited is not None:  # it will not run again: the pod has finished
                 self._wait(None)
@@ -340,16 +367,70 @@ class PodWorker:
 
     # -- volumes -------------------------------------------------------------------------------
 
-    def _make_volumes(self, spec: Manifest) -> None:
+    def _mount_claims(self) -> bool:
+        """Wait until every claim of the pod is Bound to a PV with a host folder; False when interrupted."""
+        told = ""
+        while True:
+            waiting: list[str] = []
+            for volume_name, claim_name in sorted(self._claims.items()):
+                folder = self._claim_folder(claim_name)
+                if isinstance(folder, Path):
+                    self._volume_folders[volume_name] = folder
+                else:
+                    waiting.append(folder)
+            message = "; ".join(waiting)
+            if message != told:
+                self._tell_waiting(message)
+                told = message
+            if not waiting:
+                return True
+            if self._wait(CLAIM_RETRY_SECONDS):
+                return False
+
+    def _claim_folder(self, claim_name: str) -> Path | str:
+        """The host folder of one claim, or why there is none yet."""
+        try:
+            claim = self._api.read(f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{claim_name}")
+            volume_name = str(((claim or {}).get("spec") or {}).get("volumeName") or "")
+            volume = self._api.read(f"/api/v1/persistentvolumes/{volume_name}") if volume_name else None
+        except API_ERRORS as error:
+            return f'reading persistentvolumeclaim "{claim_name}" failed: {error}'
+        folder = claim_volume_folder(claim_name, claim, volume)
+        if isinstance(folder, Path) and not folder.is_dir():
+            return f'the folder {folder} of persistentvolume "{volume_name}" (claim "{claim_name}") does not exist'
+        return folder
+
+    def _tell_waiting(self, message: str) -> None:
+        """Show why the pod waits on its volumes (or that it no longer does) on the waiting containers and as an event."""
+        for name, view in list(self._views.items()):
+            if view.state == "waiting" and view.reason in ("", "ContainerCreating", POD_INITIALIZING):
+                self._set(name, message=message)
+        self._write_status()
+        if not message:
+            LOGGER.info("%s: volumes %s mounted", self.key, sorted(self._claims))
+            return
+        LOGGER.info("%s: waiting for its volumes: %s", self.key, message)
+        pod = self._snapshot()
+        node_name = str(pod["spec"].get("nodeName", ""))
+        event = pod_event(
+            pod, node_name, "FailedMount", f"Unable to attach or mount volumes: {message}", now=now_rfc3339()
+        )
+        try:
+            self._api.create_event(event)
+        except API_ERRORS as error:
+            LOGGER.warning("%s: the FailedMount event was not written: %s", self.key, error)
+
+    def _make_volumes(self, spec: Manifest) -> bool:
         for folder in self._volume_folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         unbacked = unbacked_volumes(spec, self._settings.path_map, self._volume_folders)
         if unbacked:
             LOGGER.warning(
-                "%s: volumes %s are not emptyDir and no path_map entry covers their mounts: left unmapped",
+                "%s: volumes %s are neither emptyDir nor a claim and no path_map entry covers their mounts: left unmapped",
                 self.key,
                 unbacked,
             )
+        return True
 
     def _path_map(self, container: Manifest) -> dict[str, Path]:
         """The container's path map: its emptyDir mounts (made now: a subPath may be new) and the static entries."""
@@ -359,6 +440,7 @@ class PodWorker:
         return container_path_map(self._settings.path_map, mounts)
 
     def _remove_volumes(self) -> None:
+        """Remove the emptyDir folders (all under ``<pod_dir>/volumes``); claims' folders live elsewhere and stay."""
         volumes = self.pod_dir / VOLUMES_FOLDER
         try:
             shutil.rmtree(volumes)

@@ -318,8 +318,13 @@ def pod_status(
 # -- nodes ------------------------------------------------------------------------------------
 
 
-def node_status_patch(host_ip: str, node_name: str, now: str, kubelet_version: str) -> Manifest:
-    """A Ready node with loopback addresses; capacity and allocatable stay as registered."""
+def node_status_patch(
+    host_ip: str, node_name: str, now: str, kubelet_version: str, kubelet_port: int | None = None
+) -> Manifest:
+    """A Ready node with loopback addresses; capacity and allocatable stay as registered.
+
+    ``kubelet_port``: where the kubelet's HTTPS server listens (the apiserver proxies pods/log there).
+    """
     conditions = [
         ("Ready", "True", "KubeletReady", "the process-backed kubelet is posting ready status"),
         ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
@@ -327,33 +332,62 @@ def node_status_patch(host_ip: str, node_name: str, now: str, kubelet_version: s
         ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
         ("NetworkUnavailable", "False", "RouteCreated", "pods use loopback addresses"),
     ]
+    node_status: Manifest = {
+        "conditions": [
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+            for type_, status, reason, message in conditions
+        ],
+        "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": node_name}],
+        "nodeInfo": {
+            "architecture": "amd64",
+            "operatingSystem": "linux",
+            "kubeletVersion": kubelet_version,
+            "kubeProxyVersion": "",
+            "containerRuntimeVersion": "process://local",
+            "kernelVersion": "",
+            "osImage": "process-backed",
+            "machineID": "",
+            "systemUUID": "",
+            "bootID": "",
+        },
+    }
+    if kubelet_port is not None:
+        node_status["daemonEndpoints"] = {"kubeletEndpoint": {"Port": kubelet_port}}
+    return {"status": node_status}
+
+
+def pod_event(
+    pod: Manifest, node_name: str, reason: str, message: str, *, now: str, type_: str = "Warning"
+) -> Manifest:
+    """A core/v1 Event about ``pod`` from the kubelet of ``node_name`` (say FailedMount)."""
+    meta = pod["metadata"]
     return {
-        "status": {
-            "conditions": [
-                {
-                    "type": type_,
-                    "status": status,
-                    "reason": reason,
-                    "message": message,
-                    "lastHeartbeatTime": now,
-                    "lastTransitionTime": now,
-                }
-                for type_, status, reason, message in conditions
-            ],
-            "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": node_name}],
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": kubelet_version,
-                "kubeProxyVersion": "",
-                "containerRuntimeVersion": "process://local",
-                "kernelVersion": "",
-                "osImage": "process-backed",
-                "machineID": "",
-                "systemUUID": "",
-                "bootID": "",
-            },
-        }
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        },
+        "reason": reason,
+        "message": message,
+        "type": type_,
+        "source": {"component": "kubelet", "host": node_name},
+        "reportingComponent": "kubelet",
+        "reportingInstance": node_name,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
     }
 
 
