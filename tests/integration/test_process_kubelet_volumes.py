@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,19 @@ def test_pod_logs_through_the_api_tail_a_running_pod_and_a_succeeded_job_pod(
     without = ssl.create_default_context(cafile=str(plane.ca_path))
     assert not direct_log_answer(port, path, without).startswith(b"HTTP/"), "answered a client without a certificate"
     delete_and_wait_gone(api_client, namespace, "talker")
+
+    # follow: the answer grows while the container runs and ends when it exits.
+    short = {**running, "metadata": {"name": "short"}}
+    short["spec"] = {
+        **running["spec"],
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "busybox", "command": ["/bin/sh", "-c", "echo x; sleep 3; echo y"]}],
+    }
+    core(api_client).create_namespaced_pod(namespace, short)
+    wait_pod(api_client, namespace, "short", lambda p: p["status"].get("phase") == "Running", "Running")
+    began = time.monotonic()
+    assert pod_log(api_client, namespace, "short", "main", follow=True, _request_timeout=30) == "x\ny\n"
+    assert time.monotonic() - began < 20, "follow ended only at the client's timeout"
 
 
 def test_exit_22_fails_the_job_by_its_pod_failure_policy_with_the_last_line_as_message(
