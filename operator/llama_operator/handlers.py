@@ -22,9 +22,11 @@ from llama_operator.api.spec import GROUP, PLURAL, VERSION
 from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.autoscale.evaluate import decide_and_scale, read_metrics
 from llama_operator.autoscale.evaluate import status_patch as autoscale_status_patch
+from llama_operator.cache_names import CACHE_LABEL, cache_claim_name
 from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import RECONCILE_ERRORS, forget_deployment
+from llama_operator.model_cache import CacheObjects, slim_cache_object, users
 from llama_operator.observed import (
     ChildRecord,
     ObjectView,
@@ -40,6 +42,7 @@ from llama_operator.reconcile import OperatorContext, Outcome, decision_summary
 from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator.sizing.gpu_classes import NodeFacts, node_facts_from_manifest
 
+Manifest = dict[str, Any]
 DEFAULT_EVALUATION_SECONDS = 15.0
 API_CALLS_IN_FLIGHT = 16
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
@@ -47,7 +50,9 @@ WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
 NODE_LABEL_PREFIXES = ("nvidia.com/", "llamaops.io/")  # what sizing reads; other label churn is ignored
 PASS_LOGGER = logging.getLogger("llama_operator.passes")
 CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws")
-INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES)
+CACHE_INDEXES = ("llama_cache_claims", "llama_cache_users", "llama_cache_jobs", "llama_cache_pods")
+INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES, *CACHE_INDEXES)
+CACHE_LABELS: dict[str, Any] = {**MANAGED_LABELS, CACHE_LABEL: kopf.PRESENT}
 
 
 @kopf.on.startup(id="configure")
@@ -127,6 +132,59 @@ def llama_pods(body: kopf.Body, **_: Any) -> dict[OwnerKey, dict[str, Any]]:
     return {(str(body.metadata.namespace), owner): slim_pod(body)} if owner else {}
 
 
+# -- the shared model caches: claims (by name and by user), their Jobs and the Jobs' pods -------------------
+
+
+def _cache_key(body: kopf.Body) -> OwnerKey | None:
+    name = body.metadata.labels.get(CACHE_LABEL)
+    return (str(body.metadata.namespace), str(name)) if name else None
+
+
+@kopf.index("", "v1", "persistentvolumeclaims", labels=CACHE_LABELS, id="llama_cache_claims")
+def llama_cache_claims(body: kopf.Body, **_: Any) -> dict[OwnerKey, Manifest]:
+    return {(str(body.metadata.namespace), str(body.metadata.name)): slim_cache_object(body)}
+
+
+@kopf.index("", "v1", "persistentvolumeclaims", labels=CACHE_LABELS, id="llama_cache_users")
+def llama_cache_users(body: kopf.Body, **_: Any) -> dict[OwnerKey, Manifest]:
+    slim = slim_cache_object(body)
+    return {(str(body.metadata.namespace), str(ref["name"])): slim for ref in users(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=CACHE_LABELS, id="llama_cache_jobs")
+def llama_cache_jobs(body: kopf.Body, **_: Any) -> dict[OwnerKey, Manifest]:
+    key = _cache_key(body)
+    return {key: slim_cache_object(body)} if key else {}
+
+
+@kopf.index("", "v1", "pods", labels=CACHE_LABELS, id="llama_cache_pods")
+def llama_cache_pods(body: kopf.Body, **_: Any) -> dict[OwnerKey, Manifest]:
+    key = _cache_key(body)
+    return {key: slim_cache_object(body)} if key else {}
+
+
+def wanted_cache(spec: Mapping[str, Any]) -> str | None:
+    """The cache claim a raw spec asks for (before parsing: the reader's lookup key)."""
+    model = spec.get("model") or {}
+    if not isinstance(model, Mapping) or model.get("cache") is None or not isinstance(model.get("source"), str):
+        return None
+    return cache_claim_name(str(model["source"]), str(model.get("format") or "safetensors"))
+
+
+def _cache_view(indexes: dict[str, Any], namespace: str, owner: Mapping[str, Any]) -> tuple[CacheObjects | None,
+                                                                                           dict[str, Manifest]]:  # fmt: skip
+    name = wanted_cache(owner.get("spec") or {})
+    owned = {str(c["metadata"]["name"]): c for c in _values(indexes.get("llama_cache_users"),
+                                                            (namespace, owner["metadata"]["name"]))}  # fmt: skip
+    if name is None:
+        return None, owned
+    key = (namespace, name)
+    claims = _values(indexes.get("llama_cache_claims"), key)
+    jobs = _values(indexes.get("llama_cache_jobs"), key)
+    pods = sorted(_values(indexes.get("llama_cache_pods"), key), key=lambda p: str(p["metadata"].get("name")))
+    return CacheObjects(name, claim=claims[0] if claims else None, job=jobs[0] if jobs else None, pods=pods), owned
+
+
 def _values(index: Any, key: object) -> list[Any]:
     return list(index[key]) if index is not None and key in index else []
 
@@ -141,10 +199,13 @@ def _reader(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any], owner: k
             return None
         nodes = _values(indexes.get("llama_nodes"), None)
         records = [r for name in CHILD_INDEXES for r in _values(indexes.get(name), key)]
+        cache, owned_caches = _cache_view(indexes, key[0], found)
         view = ObjectView(
             children=children_by_kind(records),
             pods=sorted(_values(indexes.get("llama_pods"), key), key=lambda p: str(p["metadata"]["name"])),
             crds=frozenset(_values(indexes.get("llama_crds"), None)) & runner.ctx.watched_crds,
+            cache=cache,
+            owned_caches=owned_caches,
         )
         inventory = runner.inventory.get(runner.ctx, nodes)
         return PassInput(found, view, inventory)
@@ -262,6 +323,41 @@ async def child_pod(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
     if owner:
         _queue_pass((str(body.metadata.namespace), owner), memo, "pod", _indexes(kwargs))
+
+
+def _cache_users(namespace: str, name: str, claim: Mapping[str, Any] | None, indexes: dict[str, Any]) -> set[OwnerKey]:
+    """Who reads this cache: its claim's users, and the objects of the namespace whose spec asks for it (a
+    user not yet on the claim, or every user of a claim that is gone)."""
+    keys = {(namespace, str(ref["name"])) for ref in users(claim or {})}
+    owners = indexes.get("llama_owners")
+    if owners is None:
+        return keys
+    for key in list(owners.keys()):
+        if key[0] == namespace and any(wanted_cache(o.get("spec") or {}) == name for o in owners[key]):
+            keys.add(key)
+    return keys
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=CACHE_LABELS, id="cache-claim")
+async def cache_claim_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A cache claim was created, bound, joined, left or deleted: its users' passes follow."""
+    indexes = _indexes(kwargs)
+    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
+    for key in _cache_users(namespace, name, body, indexes):
+        _queue_pass(key, memo, "cache", indexes)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CACHE_LABELS, id="cache-job")
+@kopf.on.event("", "v1", "pods", labels=CACHE_LABELS, id="cache-pod")
+async def cache_download_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A cache's Job or download pod changed (started, finished, failed): its users' status follows."""
+    key = _cache_key(body)
+    if key is None:
+        return
+    indexes = _indexes(kwargs)
+    claims = _values(indexes.get("llama_cache_claims"), key)
+    for owner in _cache_users(key[0], key[1], claims[0] if claims else None, indexes):
+        _queue_pass(owner, memo, "cache", indexes)
 
 
 def _all_owners(memo: kopf.Memo, trigger: str, indexes: dict[str, Any]) -> None:

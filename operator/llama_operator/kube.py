@@ -40,6 +40,8 @@ PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("batch/v1", "Job"): "jobs",
     ("v1", "Node"): "nodes",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
@@ -319,6 +321,56 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    @mapped
+    def create(self, manifest: Manifest) -> Manifest:
+        """POST a new object (a 409 says it exists already)."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        return self._call("POST", path, body=manifest, query=[("fieldManager", FIELD_MANAGER)])
+
+    @mapped
+    def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str, body: Manifest) -> Manifest:
+        """A JSON merge patch; a `metadata.resourceVersion` in `body` makes it conditional (409 when stale)."""
+        return self._call(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name),
+            body=body,
+            query=[("fieldManager", FIELD_MANAGER)],
+            content_type="application/merge-patch+json",
+        )
+
+    @mapped
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *, uid: str,
+               resource_version: str) -> None:  # fmt: skip
+        """Delete exactly the object we read (409 when it changed since); a missing one is already gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
+                "preconditions": {"uid": uid, "resourceVersion": resource_version}}  # fmt: skip
+        try:
+            self._call("DELETE", resource_path(api_version, kind, namespace, name), body=body)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    @mapped
+    def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int) -> str:
+        """The last lines of a container's log (through the apiserver, from the node's kubelet)."""
+        path = resource_path("v1", "Pod", namespace, name) + "/log"
+        query = [("container", container), ("tailLines", str(tail_lines)), ("limitBytes", "65536")]
+        method, url, headers, _, _ = self._api.param_serialize(
+            "GET", path, query_params=query, header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
+        )
+        sent = self.reachability.sent()
+        try:
+            response = self._api.call_api(method, url, header_params=headers, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            data: bytes = response.read()  # type: ignore[no-untyped-call]
+        except (TransportError, OSError) as error:
+            self.reachability.failed(transport_message(error), sent)
+            raise
+        self.reachability.answered(sent)
+        if response.status >= 400:
+            raise ApiException(http_resp=response)
+        return data.decode(errors="replace")
 
     @mapped
     def ping(self) -> str:

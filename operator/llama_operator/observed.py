@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from llama_operator.model_cache import CacheObjects
 from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator.sizing.quantity import parse_quantity
 
@@ -181,6 +182,8 @@ class ObjectView:
     children: Mapping[tuple[str, str], ChildRecord]  # (apiVersion, kind) -> child
     pods: Sequence[Manifest]
     crds: frozenset[str]
+    cache: CacheObjects | None = None  # the model cache the spec asks for (model.cache)
+    owned_caches: Mapping[str, Manifest] = field(default_factory=dict)  # claims listing this object as a user
 
     def child(self, api_version: str, kind: str) -> ChildRecord | None:
         return self.children.get((api_version, kind))

@@ -31,6 +31,7 @@ Manifest = dict[str, Any]
 logger = logging.getLogger(__name__)
 PASSES_IN_FLIGHT = 16
 ROLLOUT_RECHECK_SECONDS = 5.0
+CACHE_PROGRESS_SECONDS = 5.0  # how often a download's progress is read from its Job's log
 MIN_RETRY_SECONDS = 1.0
 
 
@@ -139,8 +140,11 @@ class PassRunner:
         """Everything a pass reads, by revision: the object, our last status write, children, pods, inventory."""
         children = tuple(sorted((kind, record.resource_version) for kind, record in found.view.children.items()))
         pods = tuple((p["metadata"].get("name"), p["metadata"].get("resourceVersion")) for p in found.view.pods)
+        cache = found.view.cache.revisions() if found.view.cache is not None else ()
+        owned = tuple(sorted((n, (c.get("metadata") or {}).get("resourceVersion"))
+                             for n, c in found.view.owned_caches.items()))  # fmt: skip
         return (resource_version(found.owner), self._written.get(key, (0,))[0], children, pods, id(found.inventory),
-                found.view.crds, self.ctx.applied.revisions(*key))  # fmt: skip
+                found.view.crds, self.ctx.applied.revisions(*key), cache, owned)  # fmt: skip
 
     def _recheck_later(self, key: OwnerKey, read: Callable[[], PassInput | None], delay_seconds: float) -> None:
         """A rollout in progress waits on time too (pause, metric-gate window, timeout), and a child not applied
@@ -232,6 +236,10 @@ class PassRunner:
         rollout = outcome.status.adapter_rollout
         if rollout is not None and (rollout.phase == "Progressing" or rollout.checks):
             self._recheck_later(key, read, ROLLOUT_RECHECK_SECONDS)
+        cache = outcome.status.model_cache
+        downloading = cache is not None and cache.phase == "Downloading"
+        if downloading:  # its progress is in the Job's log, which no watch reports
+            self._recheck_later(key, read, CACHE_PROGRESS_SECONDS)
         retry_in = outcome.retry_in(self.ctx.clock())
         if retry_in is not None:  # a child not applied is tried again after its back-off (even if the write fails)
             self._recheck_later(key, read, max(retry_in, MIN_RETRY_SECONDS))
@@ -239,7 +247,8 @@ class PassRunner:
         wrote = changed(current, new_status)
         if wrote:
             await self.write_status(key, new_status, "reconcile")
-        steady = not (wrote or outcome.applied or outcome.failures or (rollout and rollout.phase == "Progressing"))
+        steady = not (wrote or outcome.applied or outcome.failures or downloading
+                      or (rollout and rollout.phase == "Progressing"))  # fmt: skip
         if steady:
             self._steady[key] = fingerprint
         else:

@@ -21,15 +21,31 @@ import httpx
 from llama_operator.adapters.checks import CheckRunner
 from llama_operator.adapters.drive import RolloutIO, RolloutResult, drive_rollout, state_from_status, status_from_state
 from llama_operator.api.parse import InvalidSpecError, parse_spec
-from llama_operator.api.spec import LlamaDeploymentSpec
-from llama_operator.api.status import LlamaDeploymentStatus
+from llama_operator.api.spec import KIND, LlamaDeploymentSpec
+from llama_operator.api.status import LlamaDeploymentStatus, ModelCacheStatus
 from llama_operator.api.timestamps import rfc3339
+from llama_operator.cache_names import cache_of, job_name
 from llama_operator.child_failures import ApplyFailure, ChildFailures, ChildKey, body_digest
 from llama_operator.child_names import child_name_problem
 from llama_operator.engines.base import served_model_name
+from llama_operator.engines.pod import DOWNLOAD_CONTAINER
 from llama_operator.kill_points import kill_point
-from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
+from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, ConflictError, Kube, KubeError
 from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
+from llama_operator.model_cache import (
+    CLAIM_API,
+    JOB_API,
+    CacheObjects,
+    CacheReading,
+    expected_bytes,
+    finished_pod,
+    read_cache,
+    render_claim,
+    render_job,
+    running_pod,
+    user_reference,
+    users,
+)
 from llama_operator.observed import ChildRecord, ObjectView, child_record, first_difference, freshest, needs_apply
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
@@ -210,6 +226,137 @@ async def _apply_differences(
     return result
 
 
+@dataclass
+class CacheStep:
+    reading: CacheReading | None = None
+    applied: list[str] = field(default_factory=list)
+    failures: list[ApplyFailure] = field(default_factory=list)
+    failed_now: list[str] = field(default_factory=list)
+
+
+CACHE_LOG_LINES = 5
+
+
+async def _cache_write(
+    ctx: OperatorContext, step: CacheStep, key: ChildKey, *, what: str, point: str, write: Callable[[], object]
+) -> bool:
+    """One write to a cache object; a 409 (it exists, or changed since we read it) waits for the watch."""
+    try:
+        kill_point(f"cache.{point}:before")
+        await asyncio.to_thread(write)
+        kill_point(f"cache.{point}:after")
+    except ConflictError:
+        return False
+    except KubeError as error:
+        failure = ctx.failures.record(key, point, error, ctx.clock())
+        step.failures.append(failure)
+        step.failed_now.append(f"{failure.message} [attempt {failure.attempts}; next in "
+                               f"{failure.retry_in(ctx.clock()):.0f} s]")  # fmt: skip
+        return False
+    ctx.failures.clear(key)
+    step.applied.append(what)
+    return True
+
+
+async def _read_log(ctx: OperatorContext, namespace: str, pod: str | None) -> str | None:
+    if pod is None:
+        return None
+    try:
+        return await asyncio.to_thread(ctx.kube.pod_log, namespace, pod, DOWNLOAD_CONTAINER, tail_lines=CACHE_LOG_LINES)
+    except KubeError:
+        return None  # progress is shown again at the next look; the Job's own state still counts
+
+
+async def _model_cache(
+    ctx: OperatorContext, ref: ObjectRef, spec: LlamaDeploymentSpec, decision: SizingDecision, *,
+    options: RenderOptions, view: ObjectView, previous: ModelCacheStatus | None,
+) -> CacheStep:  # fmt: skip
+    """Create the cache's claim (or join it as a user), then its Job; read how far the download got."""
+    step = CacheStep()
+    name = cache_of(spec)
+    if name is None:
+        return step
+    objects = view.cache if view.cache is not None and view.cache.name == name else CacheObjects(name)
+    claim = objects.claim
+    claim_key: ChildKey = (*CLAIM_API, ref.namespace, name)
+    if claim is None:
+        body = render_claim(ref.namespace, spec, decision, user_name=ref.name, user_uid=ref.uid)
+        await _cache_write(
+            ctx,
+            step,
+            claim_key,
+            what=f"PersistentVolumeClaim/{name} (model cache)",
+            point="claim:create",
+            write=functools.partial(ctx.kube.create, body),
+        )
+    elif not (claim.get("metadata") or {}).get("deletionTimestamp"):
+        meta = claim.get("metadata") or {}
+        if ref.uid not in {r.get("uid") for r in users(claim)}:
+            refs = [*(meta.get("ownerReferences") or []), user_reference(ref.name, ref.uid)]
+            patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"), "ownerReferences": refs}}
+            await _cache_write(
+                ctx,
+                step,
+                claim_key,
+                what=f"PersistentVolumeClaim/{name} (joined as a user)",
+                point="claim:join",
+                write=functools.partial(ctx.kube.merge_patch, *CLAIM_API, ref.namespace, name, patch),
+            )
+        if objects.job is None and meta.get("uid"):
+            job = render_job(ref.name, ref.namespace, spec, decision, options=options, claim_uid=str(meta["uid"]))
+            await _cache_write(
+                ctx,
+                step,
+                (*JOB_API, ref.namespace, job_name(name)),
+                what=f"Job/{job_name(name)}",
+                point="job:create",
+                write=functools.partial(ctx.kube.create, job),
+            )
+    kept = previous if previous is not None and previous.claim_name == name else None
+    log = await _read_log(ctx, ref.namespace, running_pod(objects))
+    if log is None and objects.job is not None and (kept is None or kept.phase != "Ready"):
+        log = await _read_log(ctx, ref.namespace, finished_pod(objects))  # the whole download's bytes, once
+    step.reading = read_cache(objects, source=spec.model.source, expected=expected_bytes(decision), log_tail=log,
+                              previous=kept)  # fmt: skip
+    return step
+
+
+def _mounts(workload: ChildRecord | None, claim: str) -> bool:
+    """Whether the workload's pods may still mount `claim`: its template names it, or a rollout away from
+    it has not finished (old pods run)."""
+    if workload is None:
+        return False
+    if f'"claimName":"{claim}"' in workload.body_json:
+        return True
+    status = workload.status
+    rolled = int(status.get("observedGeneration") or 0) >= workload.generation
+    return not rolled or int(status.get("updatedReplicas") or 0) < int(status.get("replicas") or 0)
+
+
+async def _release_caches(
+    ctx: OperatorContext, ref: ObjectRef, spec: LlamaDeploymentSpec, *, view: ObjectView,
+    workload: ChildRecord | None, step: CacheStep,
+) -> None:  # fmt: skip
+    """Leave the caches this object no longer mounts: the last user deletes the claim (and so its Job)."""
+    wanted = cache_of(spec)
+    for name, claim in sorted(view.owned_caches.items()):
+        meta = claim.get("metadata") or {}
+        if name == wanted or meta.get("deletionTimestamp") or _mounts(workload, name):
+            continue
+        others = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != ref.uid]
+        key: ChildKey = (*CLAIM_API, ref.namespace, name)
+        write: Callable[[], object]
+        if any(r.get("kind") == KIND for r in others):
+            patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"), "ownerReferences": others}}
+            what, point = f"PersistentVolumeClaim/{name} (left as a user)", "claim:leave"
+            write = functools.partial(ctx.kube.merge_patch, *CLAIM_API, ref.namespace, name, patch)
+        else:
+            what, point = f"PersistentVolumeClaim/{name} (deleted: no user left)", "claim:delete"
+            write = functools.partial(ctx.kube.delete, *CLAIM_API, ref.namespace, name, uid=str(meta.get("uid")),
+                                      resource_version=str(meta.get("resourceVersion")))  # fmt: skip
+        await _cache_write(ctx, step, key, what=what, point=point, write=write)
+
+
 async def reconcile(
     ctx: OperatorContext,
     ref: ObjectRef,
@@ -241,19 +388,27 @@ async def reconcile(
         rollout = await _rollout(ctx, ref, spec, decision, status=status, view=view)
         kill_point(f"reconcile.rollout:{rollout.state.phase}:{rollout.state.step}")
     applied = ApplyResult()
+    cache = CacheStep()
+    kind = _workload_kind(decision)
     if decision.fits:
         options = RenderOptions(
             images=ctx.config.engine_images(),
             service_monitor=SERVICE_MONITOR_CRD in view.crds,
             hub_endpoint=ctx.config.hub_endpoint,
         )
+        cache = await _model_cache(ctx, ref, spec, decision, options=options, view=view, previous=status.model_cache)
         children = render(
             ref.name, ref.namespace, spec, decision, options=options, owner=Owner(ref.name, ref.uid),
             adapters=rollout.state.serving if rollout else None,
         )  # fmt: skip
+        if cache.reading is not None and not cache.reading.ready:  # no pod waits on a download: not applied yet
+            children = [c for c in children if (c["apiVersion"], c["kind"]) != kind]
         applied = await _apply_differences(ctx, ref, children, view)
-    kind = _workload_kind(decision)
     workload = ctx.applied.fresher(ref.namespace, view.child(*kind), *kind, ref.name)
+    await _release_caches(ctx, ref, spec, view=view, workload=workload, step=cache)
+    applied.applied += cache.applied
+    applied.failures += cache.failures
+    applied.failed_now += cache.failed_now
     observation = Observation(workload=workload.as_workload() if workload else None, pods=view.pods)
     rollout_status = (
         status_from_state(rollout.state).model_copy(update={"checks": list(rollout.checks)})
@@ -264,7 +419,7 @@ async def reconcile(
     new_status = report(
         ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=status.conditions,
         now=now, rollout=rollout_status, apply_error=apply_error, apply_rejected=any(f.rejected for f in applied.failures),
-        autoscaling=status.autoscaling,
+        autoscaling=status.autoscaling, cache=cache.reading,
     )  # fmt: skip
     record_phase(ref.namespace, ref.name, new_status.phase)
     return Outcome(

@@ -126,8 +126,25 @@ def _tolerations(spec: LlamaDeploymentSpec, gpus: int) -> list[Manifest]:
     return ours + [dict(t) for t in spec.scheduling.tolerations]
 
 
-def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) -> Manifest:
+def pod_placement(inp: EngineInput) -> Manifest:
+    """Where the serving pods go (the GPU class, the user's affinity, selector and tolerations) and how their
+    images are pulled: the pod spec fields the model cache's download Job shares with them."""
     spec = inp.spec
+    placed: Manifest = {}
+    affinity = merge_affinity(_class_affinity(inp.decision), spec.scheduling.affinity)
+    if affinity:
+        placed["affinity"] = affinity
+    if spec.scheduling.node_selector:
+        placed["nodeSelector"] = dict(sorted(spec.scheduling.node_selector.items()))
+    tolerations = _tolerations(spec, inp.gpus_per_pod)
+    if tolerations:
+        placed["tolerations"] = tolerations
+    if spec.image_pull_secrets:
+        placed["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return placed
+
+
+def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) -> Manifest:
     pod: Manifest = {
         # The engines never call the Kubernetes API: no token in the pod.
         "automountServiceAccountToken": False,
@@ -139,16 +156,7 @@ def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) ->
     }
     if engine.init_containers:
         pod["initContainers"] = engine.init_containers
-    affinity = merge_affinity(_class_affinity(inp.decision), spec.scheduling.affinity)
-    if affinity:
-        pod["affinity"] = affinity
-    if spec.scheduling.node_selector:
-        pod["nodeSelector"] = dict(sorted(spec.scheduling.node_selector.items()))
-    tolerations = _tolerations(spec, inp.gpus_per_pod)
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if spec.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    pod.update(pod_placement(inp))
     if inp.adapters:  # no traffic until the operator's smoke request passed with these adapters
         pod["readinessGates"] = [{"conditionType": GATE_CONDITION}]
     return pod

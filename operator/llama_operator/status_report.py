@@ -15,6 +15,7 @@ from llama_operator.api.conditions import (
 )
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus, AutoscalingStatus, Condition, LlamaDeploymentStatus, Phase
+from llama_operator.model_cache import CacheReading
 from llama_operator.planning import placement_summary, sizing_status
 from llama_operator.render import LABEL_DEPLOYMENT, service_endpoint
 from llama_operator.sizing.fit import SizingDecision
@@ -184,9 +185,11 @@ def report(
     apply_error: str | None = None,
     apply_rejected: bool = False,
     autoscaling: AutoscalingStatus | None = None,
+    cache: CacheReading | None = None,
 ) -> LlamaDeploymentStatus:
     """`apply_error`: a child was not applied; `apply_rejected`: the apiserver refused it as invalid, so the
-    same spec will not get further (phase Failed while nothing serves, Degraded while an older workload does)."""
+    same spec will not get further (phase Failed while nothing serves, Degraded while an older workload does).
+    `cache`: the shared model cache, whose download the workload waits for."""
     desired = spec.replicas
     replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
     workload_meta_generation = int(((observation.workload or {}).get("metadata") or {}).get("generation", 0))
@@ -197,11 +200,24 @@ def report(
         problem = replica_failure(observation.workload) or pod_problem(observation.pods)
     if apply_error is not None:  # a refused child outranks what the pods say
         problem = PodProblem(REASON_CHILD_REJECTED if apply_rejected else st.REASON_APPLY_FAILED, _clip(apply_error))
-    if observation.workload is None:
+    waiting = cache is not None and not cache.ready
+    if cache is not None and cache.failed and problem is None:
+        problem = PodProblem(cache.reason, cache.status.message)
+        apply_rejected = apply_rejected or observation.workload is None  # the same spec gets no further
+    phase: Phase
+    if observation.workload is None and waiting and problem is None and cache is not None:
+        phase, fields = "Pending", _waiting_for_cache(cache)
+    elif observation.workload is None:
         phase, fields = _without_workload(decision, problem, rejected=apply_rejected)
     else:
         phase, fields = _with_workload(problem, ready=ready, updated=updated, desired=desired, rolling=rolling)
+        if waiting and cache is not None:
+            message = f"pods roll once the model cache is complete: {cache.status.message}"
+            fields = [f if f[0] != st.PROGRESSING else (st.PROGRESSING, "True", cache.reason, _clip(message))
+                      for f in fields]  # fmt: skip
     conditions = [_fits_condition(decision, generation, now)]
+    if cache is not None:
+        conditions.append(_cache_condition(cache, generation, now))
     conditions += [make_condition(*f, generation=generation, now=now) for f in fields]
     if rollout is not None:
         conditions.append(_rollout_condition(rollout, generation, now))
@@ -224,7 +240,24 @@ def report(
         endpoint=service_endpoint(name, namespace) if observation.workload is not None else None,
         adapters=",".join(sorted(f"{a.name}@{a.version}" for a in serving)) or None,
         adapter_rollout=rollout,
+        model_cache=cache.status if cache is not None else None,
     )
+
+
+def _waiting_for_cache(cache: CacheReading) -> list[ConditionFields]:
+    """No workload yet, and none until the model cache is complete: the pods would wait on it."""
+    message = cache.status.message
+    return [
+        (st.READY, "False", cache.reason, _clip(f"no serving workload: waiting for the model cache: {message}")),
+        (st.PROGRESSING, "True", cache.reason, _clip(message)),
+        (st.DEGRADED, "False", st.REASON_HEALTHY, ""),
+    ]
+
+
+def _cache_condition(cache: CacheReading, generation: int, now: str) -> Condition:
+    status: st.ConditionStatus = "True" if cache.ready else "False"
+    return make_condition(st.MODEL_CACHED, status, cache.reason, _clip(cache.status.message), generation=generation,
+                          now=now)  # fmt: skip
 
 
 def scaling_condition(autoscaling: AutoscalingStatus, *, generation: int, now: str) -> Condition:

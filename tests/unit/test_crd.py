@@ -304,7 +304,7 @@ def test_kubectl_get_columns() -> None:
     columns = crd_version()["additionalPrinterColumns"]
     default_view = [column["name"] for column in columns if column.get("priority", 0) == 0]
     wide_view = [column["name"] for column in columns if column.get("priority", 0) == 1]
-    assert default_view == ["Engine", "GPUs", "Ready", "Adapters", "Phase", "Age"]
+    assert default_view == ["Engine", "GPUs", "Ready", "Adapters", "Phase", "Cache", "Age"]
     assert wide_view == ["Fits", "Endpoint"]
     assert all(column["description"] for column in columns)
     by_name = {column["name"]: column for column in columns}

@@ -113,6 +113,18 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
   resources: ["leaderworkersets"]
   verbs: ["list", "watch", "create", "patch"]
 {{- end }}
+# Shared model caches (model.cache): the claim is created by its first user, joined and left by the
+# others (owner references, a conditional patch), deleted by its last; a Job owned by it fills it; the
+# Job's log holds its progress lines.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Pods of the children are watched and listed to report readiness and scheduling reasons.
 - apiGroups: [""]
   resources: ["pods"]

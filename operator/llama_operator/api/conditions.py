@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from llama_operator.api.status import Condition, ConditionStatus
 
-CONDITION_ORDER = ("Ready", "Fits", "Progressing", "Degraded", "AdapterRollout", "ScalingActive")
+CONDITION_ORDER = ("Ready", "Fits", "ModelCached", "Progressing", "Degraded", "AdapterRollout", "ScalingActive")
 
 # Reasons of refusals by the apiserver (the others are in `api.status`).
 REASON_CHILD_REJECTED = "ChildRejected"  # the apiserver refused a child as invalid (400/422): fix the spec

@@ -249,6 +249,12 @@ def printer_columns() -> list[dict[str, Any]]:
         _status_column("Adapters", "adapters"),
         _status_column("Phase", "phase"),
         {
+            "name": "Cache",
+            "type": "string",
+            "jsonPath": ".status.modelCache.progress",
+            "description": "The shared model cache's download (model.cache): e.g. Downloading 1.2/4.0 GiB (30%).",
+        },
+        {
             "name": "Age",
             "type": "date",
             "jsonPath": ".metadata.creationTimestamp",

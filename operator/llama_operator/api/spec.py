@@ -188,6 +188,34 @@ class Architecture(RuledModel):
     tied_embeddings: bool = Field(default=False, description="Whether the output head shares the input embedding.")
 
 
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+
+
+class ModelCache(CamelModel):
+    """A volume the model is downloaded into once, shared by every replica (and every LlamaDeployment of the
+    namespace with the same source and format), instead of once per pod."""
+
+    storage_class_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="StorageClass of the cache's PersistentVolumeClaim; the cluster's default class when unset.",
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
+        default="ReadWriteMany",
+        description=(
+            "Access mode of the claim. ReadWriteMany lets replicas on any node mount it (read-only); with "
+            "ReadWriteOnce every replica must land on the node the volume is attached to."
+        ),
+    )
+    size: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+        description="Size of the claim, e.g. 200Gi; defaults to the plan's weight bytes plus 20 % (at least 1Gi).",
+    )
+
+
 class Model(RuledModel):
     """Which model to serve and in what form."""
 
@@ -221,6 +249,13 @@ class Model(RuledModel):
             ".contextLength",
         ),
         *model_source_rules(),
+        Rule(
+            "!has(self.cache) || !self.source.startsWith('pvc://')",
+            "model.cache downloads the model into a shared volume once; a pvc:// source is on a volume already: "
+            "remove model.cache",
+            lambda m: m.cache is None or not m.source.startswith("pvc://"),
+            ".cache",
+        ),
         Rule(
             f"self.format != 'gguf' || {cel_matches('self.source', NAMES_A_FILE)}",
             "model.format: gguf loads one file: name it in model.source, e.g. "
@@ -263,6 +298,14 @@ class Model(RuledModel):
     kv_cache_dtype: Literal["auto", "fp8"] = Field(
         default="auto",
         description="KV cache precision: auto (the model dtype, 2 bytes) or fp8 (1 byte; vLLM only).",
+    )
+    cache: ModelCache | None = Field(
+        default=None,
+        description=(
+            "Download the model once into a shared PersistentVolumeClaim (filled by a Job, mounted read-only by "
+            "every replica) instead of once per pod; `cache: {}` turns it on with defaults. Absent: each pod "
+            "downloads the model into its own volume."
+        ),
     )
 
 

@@ -18,6 +18,7 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 ADAPTER_ROLLOUT = "AdapterRollout"
 SCALING_ACTIVE = "ScalingActive"
+MODEL_CACHED = "ModelCached"
 
 # Reasons (CamelCase constants; each message says what to do next).
 REASON_INVALID_SPEC = "InvalidSpec"
@@ -37,6 +38,10 @@ REASON_ROLLED_BACK = "RolledBack"
 REASON_ADAPTERS_ROLLING = "Progressing"
 REASON_ADAPTERS_SERVING = "Serving"
 REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
+REASON_CACHE_PENDING = "CachePending"
+REASON_DOWNLOADING = "Downloading"
+REASON_CACHED = "Cached"
+REASON_DOWNLOAD_FAILED = "DownloadFailed"
 
 
 class Condition(CamelModel):
@@ -128,6 +133,21 @@ class AdapterRolloutStatus(CamelModel):
     checks: list[EngineCheck] = Field(default_factory=list, description="Engine checks in flight, by pod.")
 
 
+ModelCachePhase = Literal["Pending", "Downloading", "Ready", "Failed"]
+
+
+class ModelCacheStatus(CamelModel):
+    """The shared model cache this LlamaDeployment mounts: its claim, and how far its download got."""
+
+    claim_name: str = Field(description="The PersistentVolumeClaim the model is downloaded into.")
+    job: str = Field(description="The Job that downloads it.")
+    phase: ModelCachePhase = Field(description="Pending, Downloading, Ready or Failed.")
+    bytes_done: int = Field(default=0, description="Bytes downloaded so far (the last progress line of the Job).")
+    bytes_expected: int = Field(description="The model's weight bytes, from the sizing plan.")
+    progress: str = Field(default="", description="bytesDone/bytesExpected as text, e.g. 1.2/4.0 GiB (30%).")
+    message: str = Field(default="", description="What the cache waits for, or why its download failed.")
+
+
 class LlamaDeploymentStatus(CamelModel):
     observed_generation: int = Field(default=0, description="Last spec generation the operator acted on.")
     phase: Phase = Field(default="Pending", description="Pending, Progressing, Ready, Degraded or Failed.")
@@ -143,3 +163,4 @@ class LlamaDeploymentStatus(CamelModel):
     adapters: str | None = Field(default=None, description="Adapters served, as name@version.")
     autoscaling: AutoscalingStatus | None = Field(default=None, description="The autoscaler's last decision.")
     adapter_rollout: AdapterRolloutStatus | None = Field(default=None, description="Adapter rollout progress.")
+    model_cache: ModelCacheStatus | None = Field(default=None, description="The shared model cache (model.cache).")

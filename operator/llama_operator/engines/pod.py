@@ -7,6 +7,7 @@ import shlex
 from typing import TYPE_CHECKING
 from urllib.parse import quote as url_quote
 
+from llama_operator.cache_names import cache_of
 from llama_operator.engines.engine import ADAPTER_MOUNT, HTTP_PORT_NAME, MODEL_MOUNT, EngineContainer, Manifest
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, MIB
 
@@ -42,6 +43,7 @@ TMP_MOUNT = "/tmp"  # noqa: S108 - a mount point: Ray's session folder, vLLM's I
 TMP_VOLUME = "tmp"
 SCRATCH_SIZE_LIMIT = "10Gi"
 RESTRICTED_EXCEPTION_ANNOTATION = "llamaops.io/pod-security-exception"
+DOWNLOAD_CONTAINER = "fetch-model"
 
 
 def http_probe(port_name: str, *, period: int, failures: int, timeout: int = 5) -> Manifest:
@@ -144,20 +146,60 @@ def scratch_mounts() -> list[Manifest]:
     return [{"name": HOME_VOLUME, "mountPath": HOME_MOUNT}, {"name": TMP_VOLUME, "mountPath": TMP_MOUNT}]
 
 
-def _fetch_script(source: str, target: str, *, single_file: bool, hub_endpoint: str) -> tuple[str, str]:
+PROGRESS_LINE = "llamaops-progress"  # `llamaops-progress <bytes>`: the download so far, every PROGRESS_SECONDS
+COMPLETE_LINE = "llamaops-complete"  # `llamaops-complete <bytes>`: the whole download, once
+PROGRESS_SECONDS = 2
+
+
+def _size_of(path: str, *, single_file: bool) -> str:
+    """A shell expression for the bytes at `path` so far: a file's length, a folder's disk usage."""
+    if single_file:
+        return f"$(wc -c < {path} 2>/dev/null || echo 0)"
+    return f"$(( $(du -sk {path} 2>/dev/null | cut -f1 || echo 0) * 1024 ))"
+
+
+def _with_progress(fetch: str, partial: str, *, single_file: bool) -> str:
+    """Run `fetch` in the background and print PROGRESS_LINE with the bytes of `partial` while it runs; under
+    `set -e` its exit code ends the script (curl's 22 for an HTTP error)."""
+    progress = f"echo {PROGRESS_LINE} {_size_of(partial, single_file=single_file)}"
+    return (
+        f'( {fetch} ) & fetch=$!; while kill -0 "$fetch" 2>/dev/null; do '
+        f'if [ -e {partial} ]; then {progress}; fi; sleep {PROGRESS_SECONDS}; done; wait "$fetch"'
+    )
+
+
+def _fetch_script(
+    source: str, target: str, *, single_file: bool, hub_endpoint: str, progress: bool = False
+) -> tuple[str, str]:
     """(image kind, shell script) that downloads `source` into `target`, skipping a finished download.
 
     Every value from a spec or the operator's settings is one shell word, quoted: a source may hold any
     character but whitespace and control characters, and none of them may act on the shell. A hub file's
     path is URL-encoded, so `#`, `?` and `%` in a file name stay part of it. An https:// folder (a checkpoint
-    or a PEFT adapter) is one tar archive, unpacked into the folder.
+    or a PEFT adapter) is one tar archive, unpacked into the folder. With `progress` (the model cache's Job,
+    whose log the operator reads), the script prints PROGRESS_LINE while it downloads and COMPLETE_LINE at
+    the end.
     """
-    scheme, rest = split_source(source)
+    kind, script = _fetch_steps(source, target, single_file=single_file, hub_endpoint=hub_endpoint)
     done = shlex.quote(target + ".done") if single_file else shlex.quote(posixpath.join(target, ".done"))
     quoted = shlex.quote(target)
     parent = shlex.quote(posixpath.dirname(target))
     present = shlex.quote(f"already present: {target}")
     prefix = f"set -eu; if [ -e {done} ]; then echo {present}; exit 0; fi; mkdir -p {parent}; "
+    fetch, finish = script
+    if not progress:
+        return kind, prefix + " && ".join(step for step in (fetch, finish, f"touch {done}") if step)
+    # curl writes <target>.part (the file, or the archive of a folder); the others write the target itself
+    partial, partial_is_file = (shlex.quote(target + ".part"), True) if kind == "curl" else (quoted, single_file)
+    complete = f"echo {COMPLETE_LINE} {_size_of(quoted, single_file=single_file)}"
+    steps = " && ".join(step for step in (finish, complete, f"touch {done}") if step)
+    return kind, prefix + _with_progress(fetch, partial, single_file=partial_is_file) + "; " + steps
+
+
+def _fetch_steps(source: str, target: str, *, single_file: bool, hub_endpoint: str) -> tuple[str, tuple[str, str]]:
+    """(image kind, (the download, what puts it in place)) for one source; both may be empty strings."""
+    scheme, rest = split_source(source)
+    quoted = shlex.quote(target)
     if scheme == "hf":
         parts = rest.split("/")
         repo = "/".join(parts[:2])
@@ -165,30 +207,33 @@ def _fetch_script(source: str, target: str, *, single_file: bool, hub_endpoint: 
             file_path = url_quote("/".join(parts[2:]), safe="/")
             url = shlex.quote(f"{hub_endpoint.rstrip('/')}/{repo}/resolve/main/{file_path}")
             auth = f'${{{HF_TOKEN_ENV}:+-H}} ${{{HF_TOKEN_ENV}:+"Authorization: Bearer ${HF_TOKEN_ENV}"}}'
-            script = f"curl -fL --retry 5 --retry-delay 5 {auth} -o {quoted}.part {url} && mv {quoted}.part {quoted}"
-            return "curl", prefix + script + f" && touch {done}"
+            fetch = f"curl -fL --retry 5 --retry-delay 5 {auth} -o {quoted}.part {url}"
+            return "curl", (fetch, f"mv {quoted}.part {quoted}")
         code = (
             f"from huggingface_hub import snapshot_download; snapshot_download(repo_id={repo!r}, local_dir={target!r})"
         )
-        return "engine", prefix + f"mkdir -p {quoted} && python3 -c {shlex.quote(code)} && touch {done}"
+        return "engine", (f"mkdir -p {quoted} && python3 -c {shlex.quote(code)}", "")
     if scheme == "s3":
         flag = "" if single_file else " --recursive"
-        return "s3", prefix + f"aws s3 cp{flag} {shlex.quote('s3://' + rest)} {quoted} && touch {done}"
+        return "s3", (f"aws s3 cp{flag} {shlex.quote('s3://' + rest)} {quoted}", "")
     # https
     fetch = f"curl -fL --retry 5 --retry-delay 5 -o {quoted}.part {shlex.quote(source)}"
     if single_file:
-        return "curl", prefix + f"{fetch} && mv {quoted}.part {quoted} && touch {done}"
+        return "curl", (fetch, f"mv {quoted}.part {quoted}")
     unpack = f"tar -xf {quoted}.part -C {quoted} && rm {quoted}.part"
-    return "curl", prefix + f"mkdir -p {quoted} && {fetch} && {unpack} && touch {done}"
+    return "curl", (f"mkdir -p {quoted} && {fetch}", unpack)
 
 
 def _downloader(
-    inp: EngineInput, name: str, source: str, target: str, engine_image: str, *, single_file: bool
-) -> Manifest:
+    inp: EngineInput, name: str, source: str, target: str, engine_image: str, *, single_file: bool,
+    progress: bool = False,
+) -> Manifest:  # fmt: skip
     """One download into the model or adapter volume, on a read-only root filesystem: the download tools
     write only to that volume, HOME and /tmp. snapshot_download gets HF_HOME below HOME too, because an
     engine image may point it elsewhere (TGI's at /data)."""
-    kind, script = _fetch_script(source, target, single_file=single_file, hub_endpoint=inp.hub_endpoint)
+    kind, script = _fetch_script(
+        source, target, single_file=single_file, hub_endpoint=inp.hub_endpoint, progress=progress
+    )
     image = {"curl": inp.images.downloader, "s3": inp.images.s3_downloader}.get(kind, engine_image)
     mount = ADAPTER_MOUNT if target.startswith(ADAPTER_MOUNT) else MODEL_MOUNT
     plain = {HOME_ENV: HOME_MOUNT}
@@ -207,13 +252,24 @@ def _downloader(
     }
 
 
+def model_downloader(inp: EngineInput, engine_image: str, *, progress: bool = False) -> Manifest:
+    """The model's download into the `models` volume: an init container of every pod, or the model cache's
+    Job (with progress lines in its log)."""
+    single = inp.spec.model.format == "gguf"
+    return _downloader(inp, DOWNLOAD_CONTAINER, inp.spec.model.source, model_path(inp), engine_image,
+                       single_file=single, progress=progress)  # fmt: skip
+
+
+def model_mounted(inp: EngineInput) -> bool:
+    """Whether the model comes on a volume (a pvc:// source, or the shared model cache), not downloaded."""
+    return inp.spec.model.source.startswith("pvc://") or cache_of(inp.spec) is not None
+
+
 def model_init_containers(inp: EngineInput, engine_image: str) -> list[Manifest]:
-    """One init container per source that must be downloaded; pvc:// sources are mounted instead."""
+    """One init container per source that must be downloaded; pvc:// sources and the model cache are mounted."""
     init: list[Manifest] = []
-    source = inp.spec.model.source
-    if not source.startswith("pvc://"):
-        single = inp.spec.model.format == "gguf"
-        init.append(_downloader(inp, "fetch-model", source, model_path(inp), engine_image, single_file=single))
+    if not model_mounted(inp):
+        init.append(model_downloader(inp, engine_image))
     for adapter in inp.pod_adapters:
         if adapter.source.startswith("pvc://"):
             continue
@@ -228,8 +284,9 @@ def model_init_containers(inp: EngineInput, engine_image: str) -> list[Manifest]
 def model_volumes(inp: EngineInput) -> list[Manifest]:
     scheme, rest = split_source(inp.spec.model.source)
     chosen = inp.decision.chosen
-    if scheme == "pvc":
-        claim = rest.split("/", 1)[0]
+    cache = cache_of(inp.spec)
+    if scheme == "pvc" or cache is not None:
+        claim = cache if cache is not None else rest.split("/", 1)[0]
         model = {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
     else:
         weights = chosen.memory.weights * max(chosen.shape.gpus_per_node, 1) if chosen else 0
@@ -250,7 +307,7 @@ def model_volumes(inp: EngineInput) -> list[Manifest]:
 
 
 def volume_mounts(inp: EngineInput) -> list[Manifest]:
-    mounts = [{"name": "models", "mountPath": MODEL_MOUNT, "readOnly": inp.spec.model.source.startswith("pvc://")}]
+    mounts = [{"name": "models", "mountPath": MODEL_MOUNT, "readOnly": model_mounted(inp)}]
     if inp.pod_adapters:
         mounts.append({"name": "adapters", "mountPath": ADAPTER_MOUNT})
     for adapter in inp.pod_adapters:  # a pvc:// adapter is its claim's folder (or file), mounted where the engine looks
