@@ -68,6 +68,7 @@ bench: setup controlplane
 	$(BIN)/python -m bench.autoscale --runs 7
 	$(BIN)/python -m bench.adapter_swap --swaps 4
 	$(BIN)/python -m bench.adapter_swap --engine vllm --swaps 4
+	$(BIN)/python -m bench.model_cache --runs 3
 	$(BIN)/python -m bench.scale --n 100
 	$(BIN)/python -m bench.scale --n 1000
 

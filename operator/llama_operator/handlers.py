@@ -26,7 +26,7 @@ from llama_operator.cache_names import CACHE_LABEL, cache_claim_name
 from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
 from llama_operator.metrics import RECONCILE_ERRORS, forget_deployment
-from llama_operator.model_cache import CacheObjects, slim_cache_object, users
+from llama_operator.model_cache import JOB_API, CacheObjects, slim_cache_object, users
 from llama_operator.observed import (
     ChildRecord,
     ObjectView,
@@ -338,11 +338,30 @@ def _cache_users(namespace: str, name: str, claim: Mapping[str, Any] | None, ind
     return keys
 
 
+async def _clear_downloads(runner: PassRunner, namespace: str, name: str, indexes: dict[str, Any]) -> None:
+    """A claim on its way out takes its download Job (and so the Job's pods) along at once: the claim's
+    protection finalizer waits for every scheduled pod that names it, finished ones too, and the garbage
+    collector would only delete the Job once the claim is gone."""
+    for job in _values(indexes.get("llama_cache_jobs"), (namespace, name)):
+        meta = job["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        try:
+            kill_point("cache.job:delete:before")
+            await asyncio.to_thread(runner.ctx.kube.delete, *JOB_API, namespace, str(meta["name"]),
+                                    uid=str(meta.get("uid")), resource_version=None)  # fmt: skip
+            kill_point("cache.job:delete:after")
+        except KubeError as error:  # an outage: the claim's next event (or the operator's restart) tries again
+            PASS_LOGGER.warning("could not delete Job %s/%s of a deleted cache: %s", namespace, meta["name"], error)
+
+
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=CACHE_LABELS, id="cache-claim")
 async def cache_claim_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A cache claim was created, bound, joined, left or deleted: its users' passes follow."""
     indexes = _indexes(kwargs)
     namespace, name = str(body.metadata.namespace), str(body.metadata.name)
+    if body.metadata.get("deletionTimestamp"):
+        await _clear_downloads(_runner(memo), namespace, name, indexes)
     for key in _cache_users(namespace, name, body, indexes):
         _queue_pass(key, memo, "cache", indexes)
 

@@ -342,10 +342,12 @@ class Kube:
 
     @mapped
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *, uid: str,
-               resource_version: str) -> None:  # fmt: skip
-        """Delete exactly the object we read (409 when it changed since); a missing one is already gone."""
+               resource_version: str | None) -> None:  # fmt: skip
+        """Delete exactly the object we read (409 when it changed since; without a resource version, any
+        version of that object); a missing one is already gone."""
+        preconditions = {"uid": uid} if resource_version is None else {"uid": uid, "resourceVersion": resource_version}
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
-                "preconditions": {"uid": uid, "resourceVersion": resource_version}}  # fmt: skip
+                "preconditions": preconditions}  # fmt: skip
         try:
             self._call("DELETE", resource_path(api_version, kind, namespace, name), body=body)
         except ApiException as error:
@@ -358,7 +360,7 @@ class Kube:
         path = resource_path("v1", "Pod", namespace, name) + "/log"
         query = [("container", container), ("tailLines", str(tail_lines)), ("limitBytes", "65536")]
         method, url, headers, _, _ = self._api.param_serialize(
-            "GET", path, query_params=query, header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
+            "GET", path, query_params=query, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
         )
         sent = self.reachability.sent()
         try:

@@ -313,7 +313,7 @@ def _job_state(
             f"PersistentVolumeClaim {claim_name} is {claim_phase}: waiting for {storage} to provide a volume"
         ))  # fmt: skip
     unscheduled = _unscheduled(objects.pods)
-    running = [p for p in objects.pods if (p.get("status") or {}).get("phase") == "Running"]
+    running = [p for p in objects.pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded")]
     if not running:
         return ("Pending", st.REASON_CACHE_PENDING, unscheduled or f"Job {job} is starting its download pod")
     started = str(((objects.job.get("status") or {}).get("startTime")) or "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -235,6 +236,7 @@ class CacheStep:
 
 
 CACHE_LOG_LINES = 5
+logger = logging.getLogger(__name__)
 
 
 async def _cache_write(
@@ -263,7 +265,8 @@ async def _read_log(ctx: OperatorContext, namespace: str, pod: str | None) -> st
         return None
     try:
         return await asyncio.to_thread(ctx.kube.pod_log, namespace, pod, DOWNLOAD_CONTAINER, tail_lines=CACHE_LOG_LINES)
-    except KubeError:
+    except KubeError as error:
+        logger.debug("log of download pod %s/%s not read: %s", namespace, pod, error)
         return None  # progress is shown again at the next look; the Job's own state still counts
 
 
@@ -314,7 +317,7 @@ async def _model_cache(
             )
     kept = previous if previous is not None and previous.claim_name == name else None
     log = await _read_log(ctx, ref.namespace, running_pod(objects))
-    if log is None and objects.job is not None and (kept is None or kept.phase != "Ready"):
+    if log is None and objects.job is not None and (kept is None or kept.phase != "Ready" or not kept.bytes_done):
         log = await _read_log(ctx, ref.namespace, finished_pod(objects))  # the whole download's bytes, once
     step.reading = read_cache(objects, source=spec.model.source, expected=expected_bytes(decision), log_tail=log,
                               previous=kept)  # fmt: skip

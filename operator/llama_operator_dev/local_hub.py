@@ -42,6 +42,7 @@ from llama_operator_dev.local_hub_http import (
     RepoFileEntry,
     RepoSnapshot,
     ServeCounters,
+    Throttle,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class LocalHub:
         self._server: HubServer | None = None
         self._thread: threading.Thread | None = None
         self._counters = ServeCounters()
+        self._throttle = Throttle()
         self._digest_lock = threading.Lock()
         self._digests: dict[tuple[str, int, int, int], tuple[str, str]] = {}
 
@@ -86,7 +88,9 @@ class LocalHub:
         if self._server is not None:
             raise RuntimeError("LocalHub already started")
         self.root.mkdir(parents=True, exist_ok=True)
-        server = HubServer((self._host, self._port), HubRequestHandler, hub=self, counters=self._counters)
+        server = HubServer(
+            (self._host, self._port), HubRequestHandler, hub=self, counters=self._counters, throttle=self._throttle
+        )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS}, name="local-hub", daemon=True
@@ -196,6 +200,12 @@ class LocalHub:
     def bytes_served(self) -> int:
         """Body bytes sent for file downloads, complete or not."""
         return self._counters.bytes_served()
+
+    def throttle(self, bytes_per_second: float | None) -> None:
+        """Send file bodies at most this fast from now on (downloads under way too); None: full speed."""
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError(f"bytes_per_second must be positive or None, got {bytes_per_second}")
+        self._throttle.bytes_per_second = bytes_per_second
 
     def _digest(self, fs_path: Path) -> tuple[int, str, str]:
         """Size, sha256 and git blob id of a file, cached by inode, size and mtime."""

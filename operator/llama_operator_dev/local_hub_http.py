@@ -36,6 +36,7 @@ import logging
 import re
 import sys
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -48,6 +49,7 @@ logger = logging.getLogger("llama_operator_dev.local_hub")
 
 DEFAULT_REVISION = "main"
 CHUNK_BYTES = 1024 * 1024
+THROTTLED_CHUNKS_PER_SECOND = 10
 # Size of a git-lfs pointer file, which the Hub reports as lfs.pointerSize; clients only store it.
 LFS_POINTER_BYTES = 134
 
@@ -176,6 +178,22 @@ class ServeCounters:
             return self._bytes_served
 
 
+class Throttle:
+    """A cap on each file download's rate, changed while the hub serves (tests watch a slow download)."""
+
+    def __init__(self) -> None:
+        self.bytes_per_second: float | None = None  # None: as fast as the socket takes it
+
+    def chunk_bytes(self) -> int:
+        rate = self.bytes_per_second
+        return CHUNK_BYTES if rate is None else max(1, min(CHUNK_BYTES, int(rate / THROTTLED_CHUNKS_PER_SECOND)))
+
+    def pause(self, sent: int) -> None:
+        rate = self.bytes_per_second
+        if rate is not None:
+            time.sleep(sent / rate)
+
+
 class HubServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -186,9 +204,11 @@ class HubServer(ThreadingHTTPServer):
         *,
         hub: RepoSource,
         counters: ServeCounters,
+        throttle: Throttle | None = None,
     ) -> None:
         self.hub = hub
         self.counters = counters
+        self.throttle = throttle or Throttle()
         super().__init__(address, handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -372,9 +392,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         """
         if length == 0 and download_key is not None:
             self.counters.add(0, download_key)
+        throttle = cast(HubServer, self.server).throttle
         remaining = length
         while remaining > 0:
-            chunk = handle.read(min(CHUNK_BYTES, remaining))
+            chunk = handle.read(min(throttle.chunk_bytes(), remaining))
             if not chunk:  # the file shrank under us: the client sees a short body
                 self.close_connection = True
                 return
@@ -386,6 +407,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             except OSError:
                 self.counters.add(-len(chunk), key, downloads=-1)
                 raise
+            throttle.pause(len(chunk))
 
     def _send_json(self, payload: object, *, send_body: bool) -> None:
         body = json.dumps(payload).encode()

@@ -76,3 +76,48 @@ def install_crd(api_client: Any) -> None:
         return True if any(c.type == "Established" and c.status == "True" for c in conditions) else None
 
     poll_until(established, 30, "the CRD to be established")
+
+
+GC_PROBE_SECONDS = 90
+GC_PROBE_TRY_SECONDS = 5
+
+
+def wait_until_collected_with_llamadeployments(api_client: Any) -> None:
+    """Block until the controller-manager's garbage collector collects what a deleted LlamaDeployment owned.
+
+    The collector finds a new CRD's kind by discovery every 30 s; an owner it does not watch yet is looked up
+    with a growing backoff, so a test that deletes a LlamaDeployment right after `install_crd` may wait minutes
+    for the owned objects to go. Each try owns a fresh ConfigMap by a fresh LlamaDeployment (one that fits
+    nowhere: an operator running alongside creates nothing for it) and deletes the owner.
+    """
+    core = kube_client.CoreV1Api(api_client)
+    custom = kube_client.CustomObjectsApi(api_client)
+    namespace = create_namespace(api_client, "gc-probe")
+    spec = {"model": {"catalogName": "llama-3.1-405b", "source": "hf://meta-llama/Llama-3.1-405B-Instruct"}}
+    deadline = time.monotonic() + GC_PROBE_SECONDS
+    attempt = 0
+    while time.monotonic() < deadline:
+        attempt += 1
+        name = f"probe-{attempt}"
+        body = {
+            "apiVersion": "llamaops.io/v1alpha1",
+            "kind": "LlamaDeployment",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        owner = custom.create_namespaced_custom_object("llamaops.io", "v1alpha1", namespace, "llamadeployments", body)
+        reference = {"apiVersion": "llamaops.io/v1alpha1", "kind": "LlamaDeployment", "name": name,
+                     "uid": owner["metadata"]["uid"]}  # fmt: skip
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "ownerReferences": [reference]}})
+        custom.delete_namespaced_custom_object("llamaops.io", "v1alpha1", namespace, "llamadeployments", name)
+        try_until = time.monotonic() + GC_PROBE_TRY_SECONDS
+        while time.monotonic() < try_until:
+            try:
+                core.read_namespaced_config_map(name, namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    core.delete_namespace(namespace)
+                    return
+                raise
+            time.sleep(0.25)
+    pytest.fail(f"the garbage collector did not collect a LlamaDeployment's ConfigMap in {GC_PROBE_SECONDS} s")

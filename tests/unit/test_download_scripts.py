@@ -27,6 +27,8 @@ from urllib.parse import quote
 import pytest
 
 from llama_operator.api.parse import parse_spec
+from llama_operator.engines.pod import COMPLETE_LINE, PROGRESS_LINE
+from llama_operator.model_cache import CURL_HTTP_ERROR, render_job
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.render import RenderOptions, render
@@ -49,7 +51,10 @@ HUB_TOKEN_SECRET = {"hubTokenSecretRef": {"name": "hf-token"}}
 STUB_RECORD = 'call=$(mktemp "$STUB_CALLS/call.XXXXXX"); printf \'%s\\0\' "${0##*/}" "$@" > "$call"\n'
 STUBS = {
     # Writes the prepared payload where -o says, as curl -o would.
+    # With STUB_SLOW it writes two bytes first and waits that long; with STUB_EXIT it then fails so.
     "curl": STUB_RECORD + 'out=; prev=\nfor arg in "$@"; do [ "$prev" = "-o" ] && out=$arg; prev=$arg; done\n'
+    'if [ -n "${STUB_SLOW:-}" ]; then head -c 2 "$STUB_PAYLOAD" > "$out"; sleep "$STUB_SLOW"; fi\n'
+    '[ -z "${STUB_EXIT:-}" ] || exit "$STUB_EXIT"\n'
     'cp "$STUB_PAYLOAD" "$out"\n',
     # Creates its destination (the last argument): a folder with --recursive, else a file.
     "aws": STUB_RECORD + 'for last in "$@"; do :; done\n'
@@ -408,3 +413,70 @@ def test_the_sandbox_sees_an_injected_command_and_an_unquoted_value(tmp_path: Pa
     assert ran.returncode == 0, ran.stderr
     assert box.injected() != []
     assert box.recorded() == [["curl", "-o", f"{box.root}/models/x.part", "https://h/ab", "c"]]
+
+
+# -- the model cache's download Job: the same step, with progress lines the operator reads -----------------
+
+MODEL_CASES = [case for case in CASES if case.id.startswith("model-")]
+PAYLOAD_BYTES = 4  # payload.bin
+
+
+def cache_job_container(case: Case) -> dict[str, Any]:
+    spec = parse_spec({**case.spec, "model": {**case.spec["model"], "cache": {}}})
+    decision = plan(spec, "demo", INVENTORY)
+    job = render_job("demo", "ns", spec, decision, options=RenderOptions(hub_endpoint=HUB), claim_uid="claim-uid")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def progress_lines(stdout: str) -> list[tuple[str, int]]:
+    lines = [line.split() for line in stdout.splitlines() if line.startswith((PROGRESS_LINE, COMPLETE_LINE))]
+    return [(word, int(count)) for word, count in lines]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=[case.id for case in MODEL_CASES])
+def test_the_cache_job_downloads_like_the_init_container_and_ends_with_the_complete_line(
+    tmp_path: Path, case: Case
+) -> None:
+    container = cache_job_container(case)
+    expected = case.downloads["fetch-model"]
+    box = Sandbox.create(tmp_path)
+    ran = box.run(container["command"][2], container_env(container, token=None), archive=expected.archive)
+    assert ran.returncode == 0, ran.stderr
+    assert box.injected() == [], "an injected command ran"
+    (call,) = box.recorded()
+    if expected.snapshot is None:
+        assert call == [filled(arg, box, None) for arg in expected.argv if arg not in AUTH_HEADER]
+    assert box.files() - {f for f in box.files() if f.endswith(".done")} == set(expected.leaves)
+    lines = progress_lines(ran.stdout)
+    assert lines, ran.stdout
+    assert lines[-1][0] == COMPLETE_LINE, ran.stdout
+    assert [word for word, _ in lines].count(COMPLETE_LINE) == 1
+    leaf = box.root / expected.target.lstrip("/")
+    if leaf.is_file():
+        assert lines[-1][1] == leaf.stat().st_size
+    again = box.run(container["command"][2], container_env(container, token=None))
+    assert (again.returncode, box.recorded()) == (0, [])
+    assert again.stdout == f"already present: {box.root}{expected.target}\n"
+
+
+def test_a_slow_download_prints_progress_while_it_runs(tmp_path: Path) -> None:
+    (case,) = [c for c in MODEL_CASES if c.id == "model-gguf-hf"]
+    container = cache_job_container(case)
+    box = Sandbox.create(tmp_path)
+    ran = box.run(container["command"][2], {**container_env(container, token=TOKEN), "STUB_SLOW": "5"})
+    assert ran.returncode == 0, ran.stderr
+    lines = progress_lines(ran.stdout)
+    assert (PROGRESS_LINE, 2) in lines, ran.stdout  # the two bytes written before the stub's wait
+    assert lines[-1] == (COMPLETE_LINE, PAYLOAD_BYTES)
+    assert box.injected() == []
+
+
+def test_an_http_error_ends_the_job_script_with_curls_exit_code_and_no_marker(tmp_path: Path) -> None:
+    (case,) = [c for c in MODEL_CASES if c.id == "model-gguf-hf"]
+    container = cache_job_container(case)
+    box = Sandbox.create(tmp_path)
+    ran = box.run(container["command"][2], {**container_env(container, token=None), "STUB_EXIT": "22"})
+    assert ran.returncode == CURL_HTTP_ERROR, (ran.stdout, ran.stderr)
+    assert COMPLETE_LINE not in ran.stdout
+    assert not any(f.endswith(".done") for f in box.files()), box.files()

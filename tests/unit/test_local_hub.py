@@ -232,6 +232,26 @@ class TestCounters:
         assert hub.downloads() == {f"{REPO}/nested/model.safetensors": clients}
         assert hub.bytes_served() == clients * len(WEIGHTS)
 
+    def test_a_throttled_download_is_under_way_for_a_while_then_whole(
+        self, hub: LocalHub, client: httpx.Client
+    ) -> None:
+        hub.throttle(100_000)  # 10 chunks of 10 kB a second: WEIGHTS take about 13 s
+        with client.stream("GET", resolve("nested/model.safetensors")) as response:
+            stream = response.iter_bytes()
+            first = next(stream)
+            under_way = hub.bytes_served()
+            assert 0 < under_way < len(WEIGHTS) // 2
+            assert hub.downloads() == {}
+            hub.throttle(None)  # the rest at full speed
+            body = first + b"".join(stream)
+        assert body == WEIGHTS
+        assert hub.downloads() == {f"{REPO}/nested/model.safetensors": 1}
+
+    @pytest.mark.parametrize("rate", [0, -1.0])
+    def test_a_throttle_must_be_positive(self, hub: LocalHub, rate: float) -> None:
+        with pytest.raises(ValueError, match="positive"):
+            hub.throttle(rate)
+
 
 class TestLifecycle:
     def test_requests_go_to_the_debug_log_not_to_stderr(

@@ -114,14 +114,14 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
   verbs: ["list", "watch", "create", "patch"]
 {{- end }}
 # Shared model caches (model.cache): the claim is created by its first user, joined and left by the
-# others (owner references, a conditional patch), deleted by its last; a Job owned by it fills it; the
-# Job's log holds its progress lines.
+# others (owner references, a conditional patch), deleted by its last; a Job owned by it fills it (and
+# is deleted with it: its finished pod would hold the claim); the Job's log holds its progress lines.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
