@@ -11,6 +11,7 @@ Job has completed, so no pod ever waits on a download or starts on a partial mod
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,16 +173,17 @@ def render_job(
 # -- what status says -------------------------------------------------------------------------------------
 
 
+_PROGRESS = re.compile(rf"({re.escape(PROGRESS_LINE)}|{re.escape(COMPLETE_LINE)})[ \t]*(\d*)[ \t]*$", re.MULTILINE)
+
+
 def parse_progress(log: str) -> tuple[int, bool] | None:
-    """(bytes, complete) from the last progress line of the Job's log; None when there is none yet."""
-    for line in reversed(log.splitlines()):
-        word, _, rest = line.strip().partition(" ")
-        if word in (PROGRESS_LINE, COMPLETE_LINE):
-            try:
-                return int(rest.strip() or 0), word == COMPLETE_LINE
-            except ValueError:
-                continue
-    return None
+    """(bytes, complete) from the last progress line of the Job's log; None when there is none yet. A line
+    may begin with the rest of curl's progress meter (its `\r` updates end with no newline)."""
+    found = list(_PROGRESS.finditer(log.replace("\r", "\n")))
+    if not found:
+        return None
+    word, count = found[-1].groups()
+    return int(count or 0), word == COMPLETE_LINE
 
 
 def _size(count: int) -> str:

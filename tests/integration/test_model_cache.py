@@ -8,6 +8,7 @@ cache names (one per source) are the test's alone.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -289,13 +290,13 @@ def test_status_and_the_printer_column_show_a_download_in_progress(
                                                  "reason": "Downloading"}  # fmt: skip
         assert obj["status"]["phase"] == "Pending"
         # What `kubectl get llamad` prints: the server's table view, columns from the CRD.
-        response = api_client.call_api(
-            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/slow",
+        method, url, headers, _, _ = api_client.param_serialize(
             "GET",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/slow",
             header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-            response_type="object",
-            _return_http_data_only=True,
+            auth_settings=["BearerToken"],
         )
+        response = json.loads(api_client.call_api(method, url, header_params=headers).read())
         columns = [c["name"] for c in response["columnDefinitions"]]
         (row,) = response["rows"]
         shown = row["cells"][columns.index("Cache")]

@@ -183,6 +183,12 @@ def test_serving_pods_mount_the_cache_read_only_and_do_not_download() -> None:
         (f"{PROGRESS_LINE} 10\n{COMPLETE_LINE} 4096\n", (4096, True)),
         # curl's meter rewrites one line with carriage returns between our lines
         (f"{PROGRESS_LINE} 10\r  5 4096  5  200    0 \r{PROGRESS_LINE} 300\r 12 4096", (300, False)),
+        # as a real Job's log has it: our line appended to a meter update that ended with no newline
+        (
+            f"\r  9 4853k    9  436k    0     0   166k      0  0:00:29  0:00:02  0:00:27  166k\r 12 4853k   12  598k"
+            f"    0     0   164k      0  0:00:29  0:00:03  0:00:26  164k{PROGRESS_LINE} 659456\n\r 15 4853k",
+            (659456, False),
+        ),
         (f"{PROGRESS_LINE} 512\n{PROGRESS_LINE} not-a-number\n", (512, False)),
         (f"{PROGRESS_LINE}\n", (0, False)),
     ],
