@@ -25,6 +25,7 @@ from llama_operator.engines.pod import (
     COMPLETE_LINE,
     DOWNLOAD_CONTAINER,
     PROGRESS_LINE,
+    RESTRICTED_EXCEPTION_ANNOTATION,
     container_security_context,
     model_downloader,
     pod_security_context,
@@ -131,7 +132,10 @@ def render_job(
     if claim is None:
         raise ValueError("render_job needs model.cache")
     inp = EngineInput(name=name, spec=spec, decision=decision, images=options.images, hub_endpoint=options.hub_endpoint)
-    download = model_downloader(inp, inp.engine.image(inp), progress=True)
+    engine_image = inp.engine.image(inp)
+    download = model_downloader(inp, engine_image, progress=True)
+    # A hub checkpoint is fetched by the engine image's huggingface_hub: as the engine runs, exception included.
+    exception = inp.engine.container(inp).restricted_exception if download["image"] == engine_image else None
     download["name"] = DOWNLOAD_CONTAINER
     download["volumeMounts"][0] = {**download["volumeMounts"][0], "name": "models"}
     download["terminationMessagePolicy"] = "FallbackToLogsOnError"  # the download's own error in the pod status
@@ -141,12 +145,13 @@ def render_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": pod_security_context(None),
+        "securityContext": pod_security_context(exception),
         "containers": [download],
         "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim}}, *scratch_volumes()],
         **pod_placement(inp),
     }
     owner = {"apiVersion": CLAIM_API[0], "kind": CLAIM_API[1], "name": claim, "uid": claim_uid, "controller": True}
+    annotations = {RESTRICTED_EXCEPTION_ANNOTATION: exception} if exception is not None else {}
     return {
         "apiVersion": JOB_API[0],
         "kind": JOB_API[1],
@@ -165,7 +170,7 @@ def render_job(
                     }
                 ]
             },
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
         },
     }
 

@@ -49,6 +49,7 @@ class Scenario:
     held: str  # what check_result proves, for the ledger
     config: Path  # the operator's --config file
     step_timeout_seconds: float = 90.0
+    point_prefix: str = ""  # only the kill points whose names start so get trials (others have their own scenarios)
 
 
 @dataclass
@@ -180,11 +181,14 @@ def remove(api_client: Any, namespace: str, name: str) -> None:
     kube_client.CoreV1Api(api_client).delete_namespace(namespace)
 
 
-def points_reached(log: Path, max_occurrence: int) -> list[str]:
-    """Each (step, occurrence) a run reached, as `name#k`, occurrences up to `max_occurrence`."""
+def points_reached(log: Path, max_occurrence: int, prefix: str = "") -> list[str]:
+    """Each (step, occurrence) a run reached, as `name#k`, occurrences up to `max_occurrence`; only names that
+    start with `prefix`."""
     seen: Counter[str] = Counter()
     points = []
     for name in log.read_text().split():
+        if not name.startswith(prefix):
+            continue
         seen[name] += 1
         if seen[name] <= max_occurrence:
             points.append(f"{name}#{seen[name]}")
@@ -208,7 +212,7 @@ def discover(plane: ControlPlane, api_client: Any, scenario: Scenario, work: Pat
     finally:
         operator.stop()
     remove(api_client, namespace, scenario.object_name)
-    return Discovery(points_reached(log, max_occurrence), run.seconds)
+    return Discovery(points_reached(log, max_occurrence, scenario.point_prefix), run.seconds)
 
 
 def trial(plane: ControlPlane, api_client: Any, scenario: Scenario, log_dir: Path, point: str) -> TrialOutcome:

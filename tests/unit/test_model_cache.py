@@ -15,7 +15,13 @@ import pytest
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import ModelCacheStatus
 from llama_operator.cache_names import CACHE_LABEL, cache_claim_name, cache_of, job_name
-from llama_operator.engines.pod import COMPLETE_LINE, DOWNLOAD_CONTAINER, PROGRESS_LINE
+from llama_operator.engines.pod import (
+    COMPLETE_LINE,
+    DOWNLOAD_CONTAINER,
+    PROGRESS_LINE,
+    RESTRICTED_EXCEPTION_ANNOTATION,
+    RUN_AS_USER,
+)
 from llama_operator.model_cache import (
     CURL_HTTP_ERROR,
     MIN_CLAIM_MIB,
@@ -311,3 +317,17 @@ def test_revisions_change_with_any_cache_object() -> None:
     pod2 = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "8"}}
     after = CacheObjects(CLAIM, claim=claim_body(), job=job_body(), pods=[pod2])
     assert before.revisions() != after.revisions()
+
+
+def test_a_checkpoint_fetched_with_the_engine_image_runs_as_that_engine_runs() -> None:
+    """TGI's image needs root (its documented exception): its Job says so; a curl download stays non-root."""
+    spec = spec_from({"model": {"catalogName": "llama-3.1-8b", "source": "hf://o/r", "cache": {}},
+                      "engine": {"type": "tgi"}})  # fmt: skip
+    template = job_for(spec, plan(spec, "chat", INVENTORY))["spec"]["template"]
+    assert template["spec"]["containers"][0]["image"].startswith("ghcr.io/huggingface/text-generation-inference")
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is False
+    assert RESTRICTED_EXCEPTION_ANNOTATION in template["metadata"]["annotations"]
+    gguf, decision = cached()
+    curl = job_for(gguf, decision)["spec"]["template"]
+    assert curl["spec"]["securityContext"]["runAsUser"] == RUN_AS_USER
+    assert curl["metadata"]["annotations"] == {}

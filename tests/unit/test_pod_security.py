@@ -26,6 +26,7 @@ import yaml
 from llama_operator.api.parse import parse_spec
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.engines.pod import HOME_MOUNT, RESTRICTED_EXCEPTION_ANNOTATION, TMP_MOUNT
+from llama_operator.model_cache import render_job
 from llama_operator.planning import plan
 from llama_operator.render import Owner, RenderOptions, render
 from llama_operator_dev.process_pod_paths import (
@@ -212,6 +213,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "llamacpp", model={"source": "https://example.com/m.gguf"}, placement={"cpuOnly": True}
     ),
     "vllm-model-from-s3": body("vllm", model={"source": "s3://bucket/llama-3.1-8b"}),
+    # the model cache's download Job: curl for a GGUF file, the engine image's huggingface_hub for a checkpoint
+    "llamacpp-model-cache": body(
+        "llamacpp",
+        model={
+            "catalogName": "llama-3.2-3b",
+            "source": "hf://o/r/m.gguf",
+            "format": "gguf",
+            "quantization": "q4_k_m",
+            "cache": {},
+        },
+        placement={"cpuOnly": True},
+    ),
+    "vllm-model-cache": body("vllm", model={"source": "hf://o/r", "cache": {}}, hubTokenSecretRef={"name": "t"}),
+    "tgi-model-cache": body("tgi", model={"source": "hf://o/r", "cache": {}}),
 }
 
 
@@ -220,6 +235,9 @@ def pod_templates(name: str, spec: LlamaDeploymentSpec) -> dict[str, Manifest]:
     decision = plan(spec, name, INVENTORY)
     assert decision.fits, decision.reason
     workload = render(name, "ns", spec, decision, options=RenderOptions(), owner=Owner(name, "uid-1"))[0]
+    if spec.model.cache is not None:
+        job = render_job(name, "ns", spec, decision, options=RenderOptions(), claim_uid="uid-2")
+        return {f"{workload['kind']}/template": workload["spec"]["template"], "Job/template": job["spec"]["template"]}
     if workload["kind"] == "LeaderWorkerSet":
         lws = workload["spec"]["leaderWorkerTemplate"]
         return {"LeaderWorkerSet/leader": lws["leaderTemplate"], "LeaderWorkerSet/worker": lws["workerTemplate"]}
@@ -251,7 +269,7 @@ def exception_of(engine: str) -> str | None:
 
 def test_the_cases_cover_what_the_brief_names() -> None:
     kinds = {key.rsplit("/", 2)[-2] for key in TEMPLATES}
-    assert {"Deployment", "LeaderWorkerSet"} <= kinds
+    assert {"Deployment", "LeaderWorkerSet", "Job"} <= kinds
     specs = [t["spec"] for _, t in TEMPLATES.values()]
     assert any(v["name"] == "dshm" for s in specs for v in s["volumes"])
     assert any("persistentVolumeClaim" in v for s in specs for v in s["volumes"])
