@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ class Run:
     downloads: int
     bytes_served: int
     first_ready: float  # create -> Ready with one replica
+    pod_scheduled: float | None  # create -> the download pod scheduled (its claim bound), whole seconds
+    job_done: float | None  # create -> the Job complete, whole seconds
     scale_up: float  # replicas 1 -> 4 -> Ready with four
     restart: float  # one pod deleted -> its replacement Ready
 
@@ -75,6 +78,22 @@ def wait(check: Callable[[], Any], what: str, timeout: float = READY_SECONDS) ->
     return time.monotonic() - started
 
 
+def job_timeline(api: Any, namespace: str, name: str) -> tuple[float | None, float | None]:
+    """Seconds from the object's creation to its download pod's scheduling and to the Job's completion, from
+    the API's timestamps (whole seconds)."""
+    created = get_llamadeployment(api, namespace, name)["metadata"]["creationTimestamp"]
+    start = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    (job,) = kube_client.BatchV1Api(api).list_namespaced_job(namespace).items
+    pods = kube_client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}")
+    scheduled = [c.last_transition_time for p in pods.items for c in p.status.conditions or []
+                 if c.type == "PodScheduled" and c.status == "True"]  # fmt: skip
+    done = job.status.completion_time
+    return (
+        (min(scheduled) - start).total_seconds() if scheduled else None,
+        (done - start).total_seconds() if done else None,
+    )
+
+
 def one_run(api: Any, assets: ServingAssets, namespace: str, *, cache: bool, index: int) -> Run:
     mode = "cache" if cache else "per-pod"
     name = f"bench-{mode}-{index}"
@@ -88,6 +107,7 @@ def one_run(api: Any, assets: ServingAssets, namespace: str, *, cache: bool, ind
         return lambda: ready_with(replicas)(get_llamadeployment(api, namespace, name))
 
     first = wait(ready(1), f"{name} Ready with 1 replica")
+    scheduled, done = job_timeline(api, namespace, name) if cache else (None, None)
     scale(api, namespace, name, SCALED_REPLICAS)
     scaled = wait(ready(SCALED_REPLICAS), f"{name} Ready with {SCALED_REPLICAS} replicas")
     victim = serving_pods(api, namespace, name)[0].metadata.name
@@ -102,7 +122,7 @@ def one_run(api: Any, assets: ServingAssets, namespace: str, *, cache: bool, ind
 
     restarted = wait(replaced, f"{name}: pod {victim} replaced and Ready")
     run = Run(cache, assets.hub.downloads().get(model_key(source), 0), assets.hub.bytes_served() - served_before,
-              first, scaled, restarted)  # fmt: skip
+              first, scheduled, done, scaled, restarted)  # fmt: skip
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     wait(lambda: not serving_pods(api, namespace, name) and not claims(api, namespace), f"{name} and its cache gone")
     print(f"{mode} run {index + 1}: {run.downloads} downloads, {run.bytes_served / MIB:.1f} MiB, Ready in "
@@ -184,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             unit="seconds",
         )
     )  # fmt: skip
+
+    def seconds(value: float | None) -> str:
+        return f"{value:.0f}" if value is not None else "-"
+
     rows = "\n".join(
         f"| {'cache' if r.cache else 'per pod'} | {r.downloads} | {r.bytes_served / MIB:.1f} | {r.first_ready:.1f} | "
-        f"{r.scale_up:.1f} | {r.restart:.1f} |"
+        f"{seconds(r.pod_scheduled)} | {seconds(r.job_done)} | {r.scale_up:.1f} | {r.restart:.1f} |"
         for r in runs
     )
 
@@ -207,15 +231,16 @@ by the controller-manager) and the pods mount it read-only; without it every pod
 container. Command: `.venv/bin/python -m bench.model_cache --runs {args.runs} --hub-mib-per-second
 {args.hub_mib_per_second:g}` (2-core machine).
 
-| mode | downloads | MiB served | first Ready (s) | 1 -> {SCALED_REPLICAS} Ready (s) | restart Ready (s) |
-|---|---|---|---|---|---|
+| mode | downloads | MiB served | first Ready (s) | download pod scheduled (s) | Job complete (s) | 1 -> {SCALED_REPLICAS} Ready (s) | restart Ready (s) |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 Medians: **with the cache** {summary(with_cache)}; **without** {summary(without)}.
 Scale-up ratio (without / with): {median(without, "scale_up") / max(median(with_cache, "scale_up"), 1e-9):.2f};
 restart ratio: {median(without, "restart") / max(median(with_cache, "restart"), 1e-9):.2f}. The first Ready costs more
-with the cache: the claim is provisioned and bound and the Job runs before the Deployment is applied, one after
-the other (in this dev cluster a claim is sometimes bound only at the volume controller's 15 s resync).
+with the cache: the claim is provisioned and bound (the download pod is scheduled only then) and the Job runs
+before the Deployment is applied, one after the other; the two timeline columns (from the API's whole-second
+timestamps, counted from the object's creation) show where that time goes.
 Plot: [model_cache.svg](model_cache.svg).
 """,
         RESULTS,

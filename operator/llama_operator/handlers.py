@@ -39,17 +39,18 @@ from llama_operator.observed import (
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.passes import PassInput, PassRunner, slim_owner
 from llama_operator.reconcile import OperatorContext, Outcome, decision_summary
-from llama_operator.render import LABEL_DEPLOYMENT
+from llama_operator.render import INFERENCE_POOL_CRD, LABEL_DEPLOYMENT
 from llama_operator.sizing.gpu_classes import NodeFacts, node_facts_from_manifest
 
 Manifest = dict[str, Any]
 DEFAULT_EVALUATION_SECONDS = 15.0
 API_CALLS_IN_FLIGHT = 16
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
-WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
+WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD})
 NODE_LABEL_PREFIXES = ("nvidia.com/", "llamaops.io/")  # what sizing reads; other label churn is ignored
 PASS_LOGGER = logging.getLogger("llama_operator.passes")
-CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws")
+CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws",
+                 "llama_inferencepools")  # fmt: skip
 CACHE_INDEXES = ("llama_cache_claims", "llama_cache_users", "llama_cache_jobs", "llama_cache_pods")
 INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES, *CACHE_INDEXES)
 CACHE_LABELS: dict[str, Any] = {**MANAGED_LABELS, CACHE_LABEL: kopf.PRESENT}
@@ -401,7 +402,8 @@ async def inventory_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any)
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="optional-apis",
                when=lambda name, **_: name in WATCHED_CRDS)  # fmt: skip
 async def optional_api_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
-    """The Prometheus Operator or LeaderWorkerSet CRDs came or went: children to add or stop rendering."""
+    """The Prometheus Operator, LeaderWorkerSet or InferencePool CRDs came or went: children to add or stop
+    rendering."""
     _all_owners(memo, "crd", _indexes(kwargs))
 
 
@@ -410,6 +412,7 @@ async def optional_api_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: A
 OPTIONAL_CHILDREN = {
     "llama_servicemonitors": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "llama_lws": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
+    "llama_inferencepools": ("inference.networking.k8s.io", "v1", "inferencepools"),
 }
 
 

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as TransportError
 
 from llama_operator.api.spec import GROUP, PLURAL, VERSION
+from llama_operator.render import INFERENCE_POOL_API
 
 FIELD_MANAGER = "llama-operator"
 USER_AGENT = "llama-operator/0.1.0"  # how the apiserver's audit log tells our requests apart
@@ -46,6 +47,7 @@ PLURALS = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
+    (INFERENCE_POOL_API, "InferencePool"): "inferencepools",
     (f"{GROUP}/{VERSION}", "LlamaDeployment"): PLURAL,
     ("v1", "Namespace"): "namespaces",
     ("v1", "Secret"): "secrets",

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,10 +50,10 @@ from llama_operator.model_cache import (
 from llama_operator.observed import ChildRecord, ObjectView, child_record, first_difference, freshest, needs_apply
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
-from llama_operator.render import LWS_API, Owner, RenderOptions, render
+from llama_operator.render import INFERENCE_POOL_API, INFERENCE_POOL_CRD, LWS_API, Owner, RenderOptions, render
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import Inventory
-from llama_operator.status_report import FIX_THE_SPEC, Observation, invalid_spec_status, report
+from llama_operator.status_report import FIX_THE_SPEC, Observation, PoolReading, invalid_spec_status, report
 
 Manifest = dict[str, Any]
 
@@ -82,6 +82,10 @@ class AppliedChildren:
     def revisions(self, namespace: str, name: str) -> tuple[tuple[str, int], ...]:
         return tuple(sorted((k[1], r.resource_version) for k, r in self._records.items() if k[2:] == (namespace, name)))
 
+    def drop(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """A child we deleted: no memory of it may stand in for the watch."""
+        self._records.pop((api_version, kind, namespace, name), None)
+
     def forget(self, namespace: str, name: str) -> None:
         for key in [k for k in self._records if k[2] == namespace and k[3] == name]:
             del self._records[key]
@@ -98,7 +102,7 @@ class OperatorContext:
     clock: Callable[[], float] = time.monotonic  # for back-offs
     # CRDs of optional child kinds the operator watches: only those are rendered (an unwatched kind would
     # look missing to every pass and be applied again and again).
-    watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD})
+    watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD})
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,41 @@ async def _release_caches(
         await _cache_write(ctx, step, key, what=what, point=point, write=write)
 
 
+async def _prune_inference_pool(
+    ctx: OperatorContext, ref: ObjectRef, children: Sequence[Manifest], view: ObjectView, applied: ApplyResult
+) -> None:
+    """routing.inferencePool turned off (or no plan to serve): the pool goes, so no gateway routes to pods
+    it no longer should."""
+    record = ctx.applied.fresher(ref.namespace, view.child(INFERENCE_POOL_API, "InferencePool"), INFERENCE_POOL_API,
+                                 "InferencePool", ref.name)  # fmt: skip
+    if record is None or any(c["kind"] == "InferencePool" for c in children):
+        return
+    uid = str((record.body.get("metadata") or {}).get("uid") or "")
+    try:
+        kill_point("reconcile.inference_pool:delete:before")
+        await asyncio.to_thread(ctx.kube.delete, INFERENCE_POOL_API, "InferencePool", ref.namespace, record.name,
+                                uid=uid, resource_version=None)  # fmt: skip
+    except KubeError as error:
+        applied.failed_now.append(f"InferencePool/{record.name} not deleted: {error}")
+        return
+    ctx.applied.drop(INFERENCE_POOL_API, "InferencePool", ref.namespace, record.name)
+    applied.applied.append(f"InferencePool/{record.name} (deleted: routing.inferencePool is off)")
+
+
+def pool_reading(spec: LlamaDeploymentSpec, view: ObjectView, children: Sequence[Manifest]) -> PoolReading | None:
+    """What became of routing.inferencePool: its port and selector as rendered, or that the API is missing."""
+    if not spec.routing.inference_pool.enabled:
+        return None
+    if INFERENCE_POOL_CRD not in view.crds:
+        return PoolReading(api_installed=False)
+    for child in children:
+        if child["kind"] == "InferencePool":
+            labels = child["spec"]["selector"]["matchLabels"]
+            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+            return PoolReading(True, int(child["spec"]["targetPorts"][0]["number"]), selector)
+    return None  # not rendered: the sizing found no plan, which the other conditions say
+
+
 async def reconcile(
     ctx: OperatorContext,
     ref: ObjectRef,
@@ -393,11 +432,13 @@ async def reconcile(
     applied = ApplyResult()
     cache = CacheStep()
     kind = _workload_kind(decision)
+    children: list[Manifest] = []
     if decision.fits:
         options = RenderOptions(
             images=ctx.config.engine_images(),
             service_monitor=SERVICE_MONITOR_CRD in view.crds,
             hub_endpoint=ctx.config.hub_endpoint,
+            inference_pool_api=INFERENCE_POOL_CRD in view.crds,
         )
         cache = await _model_cache(ctx, ref, spec, decision, options=options, view=view, previous=status.model_cache)
         children = render(
@@ -407,6 +448,7 @@ async def reconcile(
         if cache.reading is not None and not cache.reading.ready:  # no pod waits on a download: not applied yet
             children = [c for c in children if (c["apiVersion"], c["kind"]) != kind]
         applied = await _apply_differences(ctx, ref, children, view)
+    await _prune_inference_pool(ctx, ref, children, view, applied)
     workload = ctx.applied.fresher(ref.namespace, view.child(*kind), *kind, ref.name)
     await _release_caches(ctx, ref, spec, view=view, workload=workload, step=cache)
     applied.applied += cache.applied
@@ -422,7 +464,7 @@ async def reconcile(
     new_status = report(
         ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=status.conditions,
         now=now, rollout=rollout_status, apply_error=apply_error, apply_rejected=any(f.rejected for f in applied.failures),
-        autoscaling=status.autoscaling, cache=cache.reading,
+        autoscaling=status.autoscaling, cache=cache.reading, inference_pool=pool_reading(spec, view, children),
     )  # fmt: skip
     record_phase(ref.namespace, ref.name, new_status.phase)
     return Outcome(

@@ -28,6 +28,8 @@ MANAGED_BY = "llama-operator"
 LABEL_DEPLOYMENT = "llamaops.io/deployment"
 LABEL_ENGINE = "llamaops.io/engine"
 LWS_API = "leaderworkerset.x-k8s.io/v1"
+INFERENCE_POOL_API = "inference.networking.k8s.io/v1"
+INFERENCE_POOL_CRD = "inferencepools.inference.networking.k8s.io"
 LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 RAY_PORT = 6379
 SERVICE_PORT = 80
@@ -56,6 +58,9 @@ class RenderOptions:
     images: EngineImages = field(default_factory=EngineImages)
     service_monitor: bool = False  # only when the Prometheus Operator CRDs exist
     hub_endpoint: str = DEFAULT_HUB_ENDPOINT
+    # Whether the cluster serves InferencePool v1: rendered when the spec asks and it does (`plan`, with no
+    # cluster, renders what the spec asks).
+    inference_pool_api: bool = True
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -244,15 +249,42 @@ def render_leader_worker_set(
 
 def render_service(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:
     labels = common_labels(inp.name, inp.decision.request.engine)
-    selector = selector_labels(inp.name)
-    if inp.nodes > 1:
-        selector[LWS_WORKER_INDEX] = "0"  # only leaders serve the API
+    selector = serving_selector(inp)
     ports = [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}]
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(inp.name, namespace, labels, owner),
         "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
+    }
+
+
+def serving_selector(inp: EngineInput) -> dict[str, str]:
+    """The pods that serve the API: every replica's pod, or only the leaders of multi-node replicas."""
+    selector = selector_labels(inp.name)
+    if inp.nodes > 1:
+        selector[LWS_WORKER_INDEX] = "0"
+    return selector
+
+
+def render_inference_pool(inp: EngineInput, engine: EngineContainer, namespace: str, owner: Owner | None) -> Manifest:
+    """An InferencePool (Gateway API Inference Extension v1) over the pods the Service selects, on the
+    engine's API port; base-model and adapter requests reach the same pods."""
+    routing = inp.spec.routing.inference_pool
+    spec: Manifest = {"selector": {"matchLabels": serving_selector(inp)}, "targetPorts": [{"number": engine.port}]}
+    picker = routing.endpoint_picker_ref
+    if picker is not None:
+        ref: Manifest = {"name": picker.name, "kind": picker.kind, "failureMode": picker.failure_mode}
+        if picker.group:
+            ref["group"] = picker.group
+        if picker.port is not None:
+            ref["port"] = {"number": picker.port}
+        spec["endpointPickerRef"] = ref
+    return {
+        "apiVersion": INFERENCE_POOL_API,
+        "kind": "InferencePool",
+        "metadata": _metadata(inp.name, namespace, common_labels(inp.name, inp.decision.request.engine), owner),
+        "spec": spec,
     }
 
 
@@ -321,4 +353,6 @@ def render(
     children = [workload, render_service(inp, engine, namespace, owner), render_pdb(inp, namespace, owner)]
     if opts.service_monitor:
         children.append(render_service_monitor(inp, engine, namespace, owner))
+    if spec.routing.inference_pool.enabled and opts.inference_pool_api:
+        children.append(render_inference_pool(inp, engine, namespace, owner))
     return children

@@ -17,7 +17,7 @@ from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus, AutoscalingStatus, Condition, LlamaDeploymentStatus, Phase
 from llama_operator.model_cache import CacheReading
 from llama_operator.planning import placement_summary, sizing_status
-from llama_operator.render import LABEL_DEPLOYMENT, service_endpoint
+from llama_operator.render import INFERENCE_POOL_CRD, LABEL_DEPLOYMENT, service_endpoint
 from llama_operator.sizing.fit import SizingDecision
 
 Manifest = dict[str, Any]
@@ -186,10 +186,12 @@ def report(
     apply_rejected: bool = False,
     autoscaling: AutoscalingStatus | None = None,
     cache: CacheReading | None = None,
+    inference_pool: PoolReading | None = None,
 ) -> LlamaDeploymentStatus:
     """`apply_error`: a child was not applied; `apply_rejected`: the apiserver refused it as invalid, so the
     same spec will not get further (phase Failed while nothing serves, Degraded while an older workload does).
-    `cache`: the shared model cache, whose download the workload waits for."""
+    `cache`: the shared model cache, whose download the workload waits for. `inference_pool`: what became of
+    `routing.inferencePool` (None: not enabled)."""
     desired = spec.replicas
     replicas, ready, updated, workload_generation = _workload_numbers(observation.workload)
     workload_meta_generation = int(((observation.workload or {}).get("metadata") or {}).get("generation", 0))
@@ -224,7 +226,10 @@ def report(
     scaling = autoscaling if spec.autoscaling.enabled else None
     if scaling is not None:
         conditions.append(scaling_condition(scaling, generation=generation, now=now))
-    kept = [c for c in previous if c.type != st.SCALING_ACTIVE or scaling is not None]
+    if inference_pool is not None:
+        conditions.append(_pool_condition(name, inference_pool, generation, now))
+    kept = [c for c in previous if (c.type != st.SCALING_ACTIVE or scaling is not None)
+            and (c.type != st.INFERENCE_POOL or inference_pool is not None)]  # fmt: skip
     serving = rollout.serving if rollout is not None else spec.adapters
     return LlamaDeploymentStatus(
         observed_generation=generation,
@@ -258,6 +263,28 @@ def _cache_condition(cache: CacheReading, generation: int, now: str) -> Conditio
     status: st.ConditionStatus = "True" if cache.ready else "False"
     return make_condition(st.MODEL_CACHED, status, cache.reason, _clip(cache.status.message), generation=generation,
                           now=now)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PoolReading:
+    """routing.inferencePool in this cluster: whether it serves the InferencePool API, and the pool's port."""
+
+    api_installed: bool
+    port: int | None = None
+    selector: str = ""
+
+
+def _pool_condition(name: str, pool: PoolReading, generation: int, now: str) -> Condition:
+    if not pool.api_installed:
+        message = (
+            f"routing.inferencePool is enabled but the cluster does not serve InferencePool "
+            f"(inference.networking.k8s.io/v1): install the CRD {INFERENCE_POOL_CRD} from the Gateway API "
+            "Inference Extension (v1.0 or later), or set routing.inferencePool.enabled: false"
+        )
+        return make_condition(st.INFERENCE_POOL, "False", st.REASON_CRD_NOT_INSTALLED, message, generation=generation,
+                              now=now)  # fmt: skip
+    message = f"InferencePool/{name} selects the serving pods ({pool.selector}) on port {pool.port}"
+    return make_condition(st.INFERENCE_POOL, "True", st.REASON_POOL_RENDERED, message, generation=generation, now=now)
 
 
 def scaling_condition(autoscaling: AutoscalingStatus, *, generation: int, now: str) -> Condition:

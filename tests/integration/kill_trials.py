@@ -49,7 +49,10 @@ class Scenario:
     held: str  # what check_result proves, for the ledger
     config: Path  # the operator's --config file
     step_timeout_seconds: float = 90.0
-    point_prefix: str = ""  # only the kill points whose names start so get trials (others have their own scenarios)
+    # Only the kill points whose names start so (or with one of these) get trials (the others have
+    # scenarios of their own).
+    point_prefix: str | tuple[str, ...] = ""
+    trials_at_once: int = TRIALS_AT_ONCE  # 1 where a trial's pods fill the pool
 
 
 @dataclass
@@ -181,7 +184,7 @@ def remove(api_client: Any, namespace: str, name: str) -> None:
     kube_client.CoreV1Api(api_client).delete_namespace(namespace)
 
 
-def points_reached(log: Path, max_occurrence: int, prefix: str = "") -> list[str]:
+def points_reached(log: Path, max_occurrence: int, prefix: str | tuple[str, ...] = "") -> list[str]:
     """Each (step, occurrence) a run reached, as `name#k`, occurrences up to `max_occurrence`; only names that
     start with `prefix`."""
     seen: Counter[str] = Counter()
@@ -237,8 +240,8 @@ def trial(plane: ControlPlane, api_client: Any, scenario: Scenario, log_dir: Pat
 def run_trials(
     plane: ControlPlane, api_client: Any, scenario: Scenario, work: Path, points: Sequence[str]
 ) -> list[TrialOutcome]:
-    """A trial per point, TRIALS_AT_ONCE at a time; the first failure is raised once all have ended."""
-    with ThreadPoolExecutor(TRIALS_AT_ONCE) as pool:
+    """A trial per point, `trials_at_once` at a time; the first failure is raised once all have ended."""
+    with ThreadPoolExecutor(scenario.trials_at_once) as pool:
         futures = [
             pool.submit(trial, plane, api_client, scenario, work / f"trial-{i}", point)
             for i, point in enumerate(points)

@@ -107,6 +107,12 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
   resources: ["servicemonitors"]
   verbs: ["list", "watch", "create", "patch"]
 {{- end }}
+{{- if .Values.inferencePool.enabled }}
+# routing.inferencePool: an InferencePool per LlamaDeployment that asks for one, deleted when it stops asking.
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+{{- end }}
 {{- if .Values.leaderWorkerSet.enabled }}
 # Multi-node replicas: applied like a Deployment and watched for status.
 - apiGroups: ["leaderworkerset.x-k8s.io"]

@@ -585,6 +585,51 @@ class Scheduling(RuledModel):
         return affinity
 
 
+KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+GROUP_PATTERN = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class EndpointPickerRef(RuledModel):
+    """The endpoint picker a gateway asks which pod serves each request (the InferencePool's
+    `endpointPickerRef`, Gateway API Inference Extension v1)."""
+
+    rules = (
+        Rule(
+            "self.kind != 'Service' || has(self.port)",
+            "routing.inferencePool.endpointPickerRef.port is required when kind is Service (the default): "
+            "the port of the endpoint picker's gRPC service, e.g. 9002",
+            lambda s: s.kind != "Service" or s.port is not None,
+            ".port",
+        ),
+    )
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of the endpoint picker.")
+    kind: str = Field(default="Service", pattern=KIND_PATTERN, max_length=63, description="Its kind; Service.")
+    group: str = Field(default="", pattern=GROUP_PATTERN, max_length=253, description="Its API group; core: empty.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Its port; required for a Service.")
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        default="FailClose",
+        description="What the gateway does when the picker does not answer: FailClose refuses the request.",
+    )
+
+
+class InferencePoolRouting(CamelModel):
+    """An InferencePool (inference.networking.k8s.io/v1) selecting this deployment's serving pods."""
+
+    enabled: bool = Field(default=False, description="Render an InferencePool named like the LlamaDeployment.")
+    endpoint_picker_ref: EndpointPickerRef | None = Field(
+        default=None, description="The endpoint picker of the pool (llm-d's or the extension's EPP)."
+    )
+
+
+class Routing(CamelModel):
+    """How gateways find the serving pods, beside the Service."""
+
+    inference_pool: InferencePoolRouting = Field(
+        default_factory=InferencePoolRouting, description="Gateway API Inference Extension InferencePool."
+    )
+
+
 class LlamaDeploymentSpec(RuledModel):
     """Desired state of a LlamaDeployment."""
 
@@ -659,6 +704,7 @@ class LlamaDeploymentSpec(RuledModel):
         default_factory=AdapterRolloutPolicy, description="How adapter changes roll out and roll back."
     )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Node selection passthrough.")
+    routing: Routing = Field(default_factory=Routing, description="Gateway integrations (InferencePool).")
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Secrets for pulling the engine image."
     )

@@ -19,6 +19,7 @@ DEGRADED = "Degraded"
 ADAPTER_ROLLOUT = "AdapterRollout"
 SCALING_ACTIVE = "ScalingActive"
 MODEL_CACHED = "ModelCached"
+INFERENCE_POOL = "InferencePool"
 
 # Reasons (CamelCase constants; each message says what to do next).
 REASON_INVALID_SPEC = "InvalidSpec"
@@ -42,6 +43,8 @@ REASON_CACHE_PENDING = "CachePending"
 REASON_DOWNLOADING = "Downloading"
 REASON_CACHED = "Cached"
 REASON_DOWNLOAD_FAILED = "DownloadFailed"
+REASON_POOL_RENDERED = "Rendered"
+REASON_CRD_NOT_INSTALLED = "CRDNotInstalled"
 
 
 class Condition(CamelModel):

@@ -1,0 +1,68 @@
+"""The upstream projects whose CRDs the dev cluster and the tests install: pinned once, in
+``hack/upstream-versions.env``, taken from their Go modules by ``hack/fetch-upstream-crds.sh`` into
+``$LLAMA_OPERATOR_CACHE/crds/<project>-<version>/`` (nothing copied into this repository).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from llama_operator_dev.binaries import REPOSITORY_ROOT, cache_root, parse_versions_env
+
+UPSTREAM_VERSIONS_FILE = REPOSITORY_ROOT / "hack" / "upstream-versions.env"
+FETCH_SCRIPT = "hack/fetch-upstream-crds.sh"
+COMPLETE_MARKER = ".complete"
+FETCH_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class UpstreamProject:
+    """One pinned upstream project: its Go module, version, and the CRD files taken from it."""
+
+    key: str  # the prefix of its lines in the versions file, e.g. GIE
+    module: str
+    version: str
+    crd_paths: tuple[str, ...]
+
+    @property
+    def folder(self) -> Path:
+        slug = self.key.lower().replace("_", "-")
+        return cache_root() / "crds" / f"{slug}-{self.version}"
+
+    @property
+    def crd_files(self) -> list[Path]:
+        return [self.folder / Path(path).name for path in self.crd_paths]
+
+
+def read_upstream(key: str, versions_file: Path = UPSTREAM_VERSIONS_FILE) -> UpstreamProject:
+    """The project pinned under `key` (GIE, PROMETHEUS_OPERATOR)."""
+    values = parse_versions_env(versions_file.read_text(encoding="utf-8"))
+    wanted = [f"{key}_MODULE", f"{key}_VERSION", f"{key}_CRDS"]
+    missing = [name for name in wanted if not values.get(name)]
+    if missing:
+        raise ValueError(f"{versions_file}: missing {', '.join(missing)}")
+    paths = tuple(p.strip() for p in values[f"{key}_CRDS"].split(",") if p.strip())
+    return UpstreamProject(key, values[f"{key}_MODULE"], values[f"{key}_VERSION"], paths)
+
+
+def upstream_crds(key: str) -> list[dict[str, object]]:
+    """The CRD manifests of the pinned project, fetched now when the cache lacks them (seconds, once)."""
+    project = read_upstream(key)
+    if not (project.folder / COMPLETE_MARKER).is_file():
+        result = subprocess.run(
+            ["bash", str(REPOSITORY_ROOT / FETCH_SCRIPT), key],
+            capture_output=True,
+            text=True,
+            timeout=FETCH_TIMEOUT_SECONDS,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{FETCH_SCRIPT} {key} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    manifests: list[dict[str, object]] = []
+    for path in project.crd_files:
+        manifests.extend(doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc)
+    return manifests
