@@ -274,9 +274,8 @@ def render_inference_pool(inp: EngineInput, engine: EngineContainer, namespace: 
     spec: Manifest = {"selector": {"matchLabels": serving_selector(inp)}, "targetPorts": [{"number": engine.port}]}
     picker = routing.endpoint_picker_ref
     if picker is not None:
-        ref: Manifest = {"name": picker.name, "kind": picker.kind, "failureMode": picker.failure_mode}
-        if picker.group:
-            ref["group"] = picker.group
+        ref: Manifest = {"name": picker.name, "kind": picker.kind, "group": picker.group,
+                         "failureMode": picker.failure_mode}  # fmt: skip
         if picker.port is not None:
             ref["port"] = {"number": picker.port}
         spec["endpointPickerRef"] = ref

@@ -26,6 +26,7 @@ from llama_operator.engines.base import EngineImages
 from llama_operator.operator_config import OperatorConfig
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.binaries import expected_bin_dir
+from llama_operator_dev.upstream import upstream_crds
 from tests.integration.cluster_setup import poll_until, skip_without_binaries
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.test_operator import condition, example, wait_condition
@@ -87,12 +88,10 @@ def stand_in_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-# With them installed, ServiceMonitors pass `kubectl apply --dry-run=server`, the operator applies
-# one per LlamaDeployment, and `kubectl auth can-i` resolves both resources.
-STAND_IN_CRDS = [
-    stand_in_crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
-    stand_in_crd("leaderworkerset.x-k8s.io", "LeaderWorkerSet", "leaderworkersets"),
-]
+# With them installed, ServiceMonitors pass `kubectl apply --dry-run=server` under the Prometheus Operator's
+# own schema (its ServiceMonitor and PodMonitor CRDs, from the pinned module), the operator applies one per
+# LlamaDeployment, and `kubectl auth can-i` resolves every resource. LeaderWorkerSet is a stand-in still.
+STAND_IN_CRDS = [stand_in_crd("leaderworkerset.x-k8s.io", "LeaderWorkerSet", "leaderworkersets")]
 
 
 def binary(name: str) -> str:
@@ -269,14 +268,15 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     control_plane = ControlPlane(tmp_path_factory.mktemp("chart-controlplane"))
     control_plane.start()
     try:
-        for crd in STAND_IN_CRDS:
+        crds = [*upstream_crds("PROMETHEUS_OPERATOR"), *STAND_IN_CRDS]
+        for crd in crds:
             ok(kubectl(control_plane, "create", "-f", "-", stdin=json.dumps(crd)))
         for namespace in [*WATCHED, SCOPED_NAMESPACE]:
             ok(kubectl(control_plane, "create", "namespace", namespace))
         # The operator's namespace enforces the "restricted" Pod Security Standard, as install.yaml's does.
         install = yaml.safe_load_all((ROOT / "manifests" / "install.yaml").read_text())
         ok(kubectl(control_plane, "apply", "-f", "-", stdin=json.dumps(next(doc for doc in install if doc))))
-        names = [f"crd/{crd['metadata']['name']}" for crd in STAND_IN_CRDS]
+        names = [f"crd/{crd['metadata']['name']}" for crd in crds]  # type: ignore[index]
         ok(kubectl(control_plane, "wait", "--for=condition=Established", *names))
         yield control_plane
     finally:

@@ -134,7 +134,7 @@ def test_an_inference_pool_waits_for_its_crd_then_selects_exactly_the_ready_serv
     assert [(r["uid"], r["controller"]) for r in pool["metadata"]["ownerReferences"]] == [(uid, True)]
     assert pool["spec"]["selector"] == {"matchLabels": {"llamaops.io/deployment": NAME}}
     assert pool["spec"]["targetPorts"] == [{"number": 8000}]  # vLLM's API port
-    assert pool["spec"]["endpointPickerRef"] == {"name": "llm-d-epp", "kind": "Service", "port": {"number": 9002},
+    assert pool["spec"]["endpointPickerRef"] == {"name": "llm-d-epp", "kind": "Service", "group": "", "port": {"number": 9002},
                                                  "failureMode": "FailOpen"}  # fmt: skip
     assert (
         condition["message"]
