@@ -47,7 +47,8 @@ integration: setup controlplane
 # The hardening suite's long run: every occurrence of every kill point, the outages, hostile input, fuzzing,
 # secrets and Pod Security; it writes RELIABILITY.md (tests/reliability.py).
 RELIABILITY_TESTS := tests/unit/test_fuzz_specs.py tests/unit/test_download_scripts.py \
-	tests/integration/test_kill_points.py tests/integration/test_kill_points_runtime.py tests/integration/test_outages.py \
+	tests/integration/test_kill_points.py tests/integration/test_kill_points_runtime.py \
+	tests/integration/test_kill_points_cache.py tests/integration/test_outages.py \
 	tests/integration/test_autoscale_e2e.py \
 	tests/integration/test_vllm_standin_faults.py tests/integration/test_crd_admission.py \
 	tests/integration/test_hostile_input.py tests/integration/test_planted_secrets.py \
