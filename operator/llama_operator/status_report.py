@@ -277,9 +277,10 @@ class PoolReading:
 def _pool_condition(name: str, pool: PoolReading, generation: int, now: str) -> Condition:
     if not pool.api_installed:
         message = (
-            f"routing.inferencePool is enabled but the cluster does not serve InferencePool "
+            "routing.inferencePool is enabled but the operator sees no InferencePool API "
             f"(inference.networking.k8s.io/v1): install the CRD {INFERENCE_POOL_CRD} from the Gateway API "
-            "Inference Extension (v1.0 or later), or set routing.inferencePool.enabled: false"
+            "Inference Extension (v1.0 or later) and let the operator watch inferencepools (chart: --set "
+            "inferencePool.enabled=true), or set routing.inferencePool.enabled: false"
         )
         return make_condition(st.INFERENCE_POOL, "False", st.REASON_CRD_NOT_INSTALLED, message, generation=generation,
                               now=now)  # fmt: skip

@@ -64,6 +64,7 @@ CUSTOM_VALUES: dict[str, Any] = {
     "prometheusAllowedUrls": ["http://prometheus.team-a.svc:9090", "https://thanos.example.com/team-b"],
     "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
     "leaderWorkerSet": {"enabled": True},
+    "inferencePool": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "crds": {"keep": False},
     "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -213,6 +214,8 @@ def test_custom_values_render_namespaced_rbac_monitoring_and_the_operator_config
     assert sorted(b["metadata"]["namespace"] for b in find(docs, "RoleBinding")) == WATCHED
     assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == ["llama-operator-cluster"]
     assert ("leaderworkerset.x-k8s.io", "leaderworkersets", "*", "create") in rule_set(roles[0]["rules"])
+    for verb in ("watch", "create", "patch", "delete"):
+        assert ("inference.networking.k8s.io", "inferencepools", "*", verb) in rule_set(roles[0]["rules"])
     (cluster_role,) = find(docs, "ClusterRole")
     assert ("", "namespaces", "*", "list") in rule_set(cluster_role["rules"])
 
