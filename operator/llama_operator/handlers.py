@@ -52,7 +52,9 @@ PASS_LOGGER = logging.getLogger("llama_operator.passes")
 CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws",
                  "llama_inferencepools")  # fmt: skip
 CACHE_INDEXES = ("llama_cache_claims", "llama_cache_users", "llama_cache_jobs", "llama_cache_pods")
-INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES, *CACHE_INDEXES)
+CLAIM_TEMPLATE_INDEX = "llama_claimtemplates"  # several per owner while pods roll to a new claim: by name
+INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES, *CACHE_INDEXES,
+             CLAIM_TEMPLATE_INDEX)  # fmt: skip
 CACHE_LABELS: dict[str, Any] = {**MANAGED_LABELS, CACHE_LABEL: kopf.PRESENT}
 
 
@@ -207,6 +209,7 @@ def _reader(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any], owner: k
             crds=frozenset(_values(indexes.get("llama_crds"), None)) & runner.ctx.watched_crds,
             cache=cache,
             owned_caches=owned_caches,
+            claim_templates={r.name: r for r in _values(indexes.get(CLAIM_TEMPLATE_INDEX), key)},
         )
         inventory = runner.inventory.get(runner.ctx, nodes)
         return PassInput(found, view, inventory)
@@ -413,6 +416,7 @@ OPTIONAL_CHILDREN = {
     "llama_servicemonitors": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "llama_lws": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
     "llama_inferencepools": ("inference.networking.k8s.io", "v1", "inferencepools"),
+    CLAIM_TEMPLATE_INDEX: ("resource.k8s.io", "v1", "resourceclaimtemplates"),
 }
 
 

@@ -48,6 +48,8 @@ PLURALS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     (INFERENCE_POOL_API, "InferencePool"): "inferencepools",
+    ("resource.k8s.io/v1", "ResourceClaimTemplate"): "resourceclaimtemplates",
+    ("resource.k8s.io/v1", "ResourceSlice"): "resourceslices",
     (f"{GROUP}/{VERSION}", "LlamaDeployment"): PLURAL,
     ("v1", "Namespace"): "namespaces",
     ("v1", "Secret"): "secrets",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from llama_operator.engines.devices import CLAIM_TEMPLATE_KIND
 from llama_operator.model_cache import CacheObjects
 from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator.sizing.quantity import parse_quantity
@@ -184,9 +185,18 @@ class ObjectView:
     crds: frozenset[str]
     cache: CacheObjects | None = None  # the model cache the spec asks for (model.cache)
     owned_caches: Mapping[str, Manifest] = field(default_factory=dict)  # claims listing this object as a user
+    # ResourceClaimTemplates it owns, by name: a template cannot change, so a new claim is a new one beside it.
+    claim_templates: Mapping[str, ChildRecord] = field(default_factory=dict)
 
     def child(self, api_version: str, kind: str) -> ChildRecord | None:
         return self.children.get((api_version, kind))
+
+    def child_named(self, api_version: str, kind: str, name: str) -> ChildRecord | None:
+        """The cached child of that kind and name (a kind with one child per owner: that child, by name)."""
+        if kind == CLAIM_TEMPLATE_KIND:
+            return self.claim_templates.get(name)
+        record = self.child(api_version, kind)
+        return record if record is not None and record.name == name else None
 
     def workload(self, api_version: str, kind: str) -> Manifest | None:
         record = self.child(api_version, kind)

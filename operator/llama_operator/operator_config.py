@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from llama_operator.api.spec import DeviceAllocation
 from llama_operator.engines.base import DEFAULT_HUB_ENDPOINT, EngineImages
 from llama_operator.sizing.gpu_classes import DEFAULT_CPU_CLASS, DEFAULT_GPU_CLASSES, GIB, CpuClass, GpuClass, Inventory
 from llama_operator.yaml_input import safe_load
@@ -65,6 +66,13 @@ class OperatorConfig(_Settings):
             "URL prefixes a LlamaDeployment's spec.autoscaling.prometheusUrl may name (scheme, host and port "
             "equal, path at or below); the operator's own prometheusUrl is always allowed. Any other URL is "
             "refused and never queried."
+        ),
+    )
+    device_allocation: DeviceAllocation = Field(
+        default="DevicePlugin",
+        description=(
+            "How pods get their GPUs when a LlamaDeployment does not set placement.deviceAllocation: "
+            "DevicePlugin (nvidia.com/gpu) or DRA (resource.k8s.io/v1 ResourceClaimTemplates)."
         ),
     )
     hub_endpoint: str = Field(

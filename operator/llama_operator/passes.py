@@ -143,8 +143,9 @@ class PassRunner:
         cache = found.view.cache.revisions() if found.view.cache is not None else ()
         owned = tuple(sorted((n, (c.get("metadata") or {}).get("resourceVersion"))
                              for n, c in found.view.owned_caches.items()))  # fmt: skip
+        templates = tuple(sorted((n, r.resource_version) for n, r in found.view.claim_templates.items()))
         return (resource_version(found.owner), self._written.get(key, (0,))[0], children, pods, id(found.inventory),
-                found.view.crds, self.ctx.applied.revisions(*key), cache, owned)  # fmt: skip
+                found.view.crds, self.ctx.applied.revisions(*key), cache, owned, templates)  # fmt: skip
 
     def _recheck_later(self, key: OwnerKey, read: Callable[[], PassInput | None], delay_seconds: float) -> None:
         """A rollout in progress waits on time too (pause, metric-gate window, timeout), and a child not applied

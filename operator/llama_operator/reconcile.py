@@ -29,6 +29,7 @@ from llama_operator.cache_names import cache_of, job_name
 from llama_operator.child_failures import ApplyFailure, ChildFailures, ChildKey, body_digest
 from llama_operator.child_names import child_name_problem
 from llama_operator.engines.base import served_model_name
+from llama_operator.engines.devices import CLAIM_TEMPLATE_KIND, CLAIM_TEMPLATES, DRA_API
 from llama_operator.engines.pod import DOWNLOAD_CONTAINER
 from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, ConflictError, Kube, KubeError
@@ -102,7 +103,7 @@ class OperatorContext:
     clock: Callable[[], float] = time.monotonic  # for back-offs
     # CRDs of optional child kinds the operator watches: only those are rendered (an unwatched kind would
     # look missing to every pass and be applied again and again).
-    watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD})
+    watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD, CLAIM_TEMPLATES})
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ async def _apply_differences(
     for child in children:
         meta = child["metadata"]
         key = (child["apiVersion"], child["kind"], ref.namespace, meta["name"])
-        observed = ctx.applied.fresher(ref.namespace, view.child(key[0], key[1]), key[0], key[1], meta["name"])
+        cached = view.child_named(key[0], key[1], meta["name"])
+        observed = ctx.applied.fresher(ref.namespace, cached, key[0], key[1], meta["name"])
         if not needs_apply(child, observed):
             ctx.failures.clear(key)
             continue
@@ -328,12 +330,13 @@ async def _model_cache(
     return step
 
 
-def _mounts(workload: ChildRecord | None, claim: str) -> bool:
-    """Whether the workload's pods may still mount `claim`: its template names it, or a rollout away from
-    it has not finished (old pods run)."""
+def _mounts(workload: ChildRecord | None, claim: str, field: str = "claimName") -> bool:
+    """Whether the workload's pods may still use `claim` (a PersistentVolumeClaim, or with `field`
+    resourceClaimTemplateName a ResourceClaimTemplate): its template names it, or a rollout away from it has
+    not finished (old pods run)."""
     if workload is None:
         return False
-    if f'"claimName":"{claim}"' in workload.body_json:
+    if f'"{field}":"{claim}"' in workload.body_json:
         return True
     status = workload.status
     rolled = int(status.get("observedGeneration") or 0) >= workload.generation
@@ -385,6 +388,42 @@ async def _prune_inference_pool(
     applied.applied.append(f"InferencePool/{record.name} (deleted: routing.inferencePool is off)")
 
 
+async def _prune_claim_templates(
+    ctx: OperatorContext, ref: ObjectRef, children: Sequence[Manifest], *, view: ObjectView,
+    workload: ChildRecord | None, applied: ApplyResult,
+) -> None:  # fmt: skip
+    """ResourceClaimTemplates no pod template names any more, once the pods that claimed from them are gone
+    (a rollout to a new claim, or DRA turned off)."""
+    wanted = {c["metadata"]["name"] for c in children if c["kind"] == CLAIM_TEMPLATE_KIND}
+    for name, record in sorted(view.claim_templates.items()):
+        if name in wanted or _mounts(workload, name, "resourceClaimTemplateName"):
+            continue
+        uid = str((record.body.get("metadata") or {}).get("uid") or "")
+        try:
+            kill_point("reconcile.claim_template:delete:before")
+            await asyncio.to_thread(ctx.kube.delete, DRA_API, CLAIM_TEMPLATE_KIND, ref.namespace, name, uid=uid,
+                                    resource_version=None)  # fmt: skip
+        except KubeError as error:
+            applied.failed_now.append(f"{CLAIM_TEMPLATE_KIND}/{name} not deleted: {error}")
+            continue
+        ctx.applied.drop(DRA_API, CLAIM_TEMPLATE_KIND, ref.namespace, name)
+        applied.applied.append(f"{CLAIM_TEMPLATE_KIND}/{name} (deleted: no pod claims from it)")
+
+
+def dra_problem(ctx: OperatorContext, spec: LlamaDeploymentSpec, decision: SizingDecision) -> str | None:
+    """Why DRA cannot be used here, when the object asks for it (spec or operator default) on a GPU plan."""
+    chosen = decision.chosen
+    wanted = (spec.placement.device_allocation or ctx.config.device_allocation) == "DRA"
+    if not wanted or chosen is None or chosen.gpu_class is None or CLAIM_TEMPLATES in ctx.watched_crds:
+        return None
+    return (
+        "placement.deviceAllocation is DRA, but the operator does not watch resourceclaimtemplates.resource.k8s.io: "
+        "DRA needs Kubernetes 1.34 or later (resource.k8s.io/v1) with the NVIDIA DRA driver, and the chart's "
+        "dra.enabled: true for the operator's RBAC (then restart the operator); or set "
+        "placement.deviceAllocation: DevicePlugin"
+    )
+
+
 def pool_reading(spec: LlamaDeploymentSpec, view: ObjectView, children: Sequence[Manifest]) -> PoolReading | None:
     """What became of routing.inferencePool: its port and selector as rendered, or that the API is missing."""
     if not spec.routing.inference_pool.enabled:
@@ -418,6 +457,10 @@ async def reconcile(
             next_step = ""  # the message says what to do: the name cannot be changed
             raise InvalidSpecError(name_problem)
         decision = decide(spec, ref.name, inventory)
+        device_problem = dra_problem(ctx, spec, decision)
+        if device_problem is not None:
+            next_step = ""  # the message says what to install or change
+            raise InvalidSpecError(device_problem)
     except InvalidSpecError as error:
         invalid = invalid_spec_status(str(error), generation=ref.generation, previous=status.conditions, now=now,
                                       next_step=next_step)  # fmt: skip
@@ -439,6 +482,7 @@ async def reconcile(
             service_monitor=SERVICE_MONITOR_CRD in view.crds,
             hub_endpoint=ctx.config.hub_endpoint,
             inference_pool_api=INFERENCE_POOL_CRD in view.crds,
+            device_allocation=ctx.config.device_allocation,
         )
         cache = await _model_cache(ctx, ref, spec, decision, options=options, view=view, previous=status.model_cache)
         children = render(
@@ -451,6 +495,7 @@ async def reconcile(
     await _prune_inference_pool(ctx, ref, children, view, applied)
     workload = ctx.applied.fresher(ref.namespace, view.child(*kind), *kind, ref.name)
     await _release_caches(ctx, ref, spec, view=view, workload=workload, step=cache)
+    await _prune_claim_templates(ctx, ref, children, view=view, workload=workload, applied=applied)
     applied.applied += cache.applied
     applied.failures += cache.failures
     applied.failed_now += cache.failed_now

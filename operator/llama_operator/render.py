@@ -19,6 +19,7 @@ from llama_operator.engines.base import (
     EngineInput,
     Manifest,
 )
+from llama_operator.engines.devices import CLAIM_TEMPLATE_KIND, DRA_API, pod_claims
 from llama_operator.engines.pod import RESTRICTED_EXCEPTION_ANNOTATION, TERMINATION_GRACE_SECONDS
 from llama_operator.engines.registry import engine as engine_named
 from llama_operator.sizing.fit import SizingDecision
@@ -61,6 +62,8 @@ class RenderOptions:
     # Whether the cluster serves InferencePool v1: rendered when the spec asks and it does (`plan`, with no
     # cluster, renders what the spec asks).
     inference_pool_api: bool = True
+    # How pods get GPUs when the spec does not say (the operator's deviceAllocation setting).
+    device_allocation: str = "DevicePlugin"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -136,7 +139,9 @@ def pod_placement(inp: EngineInput) -> Manifest:
     images are pulled: the pod spec fields the model cache's download Job shares with them."""
     spec = inp.spec
     placed: Manifest = {}
-    affinity = merge_affinity(_class_affinity(inp.decision), spec.scheduling.affinity)
+    # Under DRA the claim's selectors pick the devices: no GPU Feature Discovery labels are needed.
+    ours = [] if inp.dra else _class_affinity(inp.decision)
+    affinity = merge_affinity(ours, spec.scheduling.affinity)
     if affinity:
         placed["affinity"] = affinity
     if spec.scheduling.node_selector:
@@ -161,6 +166,8 @@ def _pod_spec(inp: EngineInput, engine: EngineContainer, container: Manifest) ->
     }
     if engine.init_containers:
         pod["initContainers"] = engine.init_containers
+    if inp.dra:
+        pod["resourceClaims"] = pod_claims(inp.claim_template)
     pod.update(pod_placement(inp))
     if inp.adapters:  # no traffic until the operator's smoke request passed with these adapters
         pod["readinessGates"] = [{"conditionType": GATE_CONDITION}]
@@ -317,6 +324,17 @@ def render_service_monitor(inp: EngineInput, engine: EngineContainer, namespace:
     }
 
 
+def render_claim_template(inp: EngineInput, namespace: str, owner: Owner | None) -> Manifest:
+    """The ResourceClaimTemplate each serving pod claims its GPUs from (placement.deviceAllocation: DRA)."""
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    return {
+        "apiVersion": DRA_API,
+        "kind": CLAIM_TEMPLATE_KIND,
+        "metadata": _metadata(inp.claim_template, namespace, labels, owner),
+        "spec": {"spec": inp.claim_spec},
+    }
+
+
 def service_endpoint(name: str, namespace: str) -> str:
     return f"http://{name}.{namespace}.svc.cluster.local/v1"
 
@@ -341,8 +359,9 @@ def render(
         # the readiness gate), never the set itself, so no set change, rollback or first rollout restarts a pod.
         serving = tuple(spec.adapters)
     inp = EngineInput(
-        name=name, spec=spec, decision=decision, images=opts.images, adapters=serving, hub_endpoint=opts.hub_endpoint
-    )
+        name=name, spec=spec, decision=decision, images=opts.images, adapters=serving, hub_endpoint=opts.hub_endpoint,
+        device_allocation=spec.placement.device_allocation or opts.device_allocation,
+    )  # fmt: skip
     engine = render_engine_container(inp)
     workload = (
         render_leader_worker_set(inp, engine, namespace, owner)
@@ -350,6 +369,8 @@ def render(
         else render_deployment(inp, engine, namespace, owner)
     )
     children = [workload, render_service(inp, engine, namespace, owner), render_pdb(inp, namespace, owner)]
+    if inp.dra:
+        children.insert(0, render_claim_template(inp, namespace, owner))  # the pods name it: it comes first
     if opts.service_monitor:
         children.append(render_service_monitor(inp, engine, namespace, owner))
     if spec.routing.inference_pool.enabled and opts.inference_pool_api:

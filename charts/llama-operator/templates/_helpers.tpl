@@ -69,6 +69,9 @@ image overrides, Prometheus. Built as a dict and rendered with toYaml so numbers
 {{- with .Values.hubEndpoint }}
 {{- $_ := set $config "hubEndpoint" . }}
 {{- end }}
+{{- if and .Values.dra.enabled .Values.dra.default }}
+{{- $_ := set $config "deviceAllocation" "DRA" }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -111,6 +114,13 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
 # routing.inferencePool: an InferencePool per LlamaDeployment that asks for one, deleted when it stops asking.
 - apiGroups: ["inference.networking.k8s.io"]
   resources: ["inferencepools"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+{{- end }}
+{{- if .Values.dra.enabled }}
+# placement.deviceAllocation: DRA: one ResourceClaimTemplate per claim the pods make (its spec cannot
+# change, so a new claim is a new template), deleted once no pod template names it.
+- apiGroups: ["resource.k8s.io"]
+  resources: ["resourceclaimtemplates"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}
 {{- if .Values.leaderWorkerSet.enabled }}

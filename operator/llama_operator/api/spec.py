@@ -329,6 +329,10 @@ class Engine(CamelModel):
 
 
 GPU_COUNT_RANGE = "placement.gpuCount must be 'auto' or an integer from 1 to 64"
+PRODUCTS_NEED_DRA = "placement.productNames needs placement.deviceAllocation: DRA"
+# Quoted into a CEL string literal of the ResourceClaimTemplate: no quote or backslash can occur.
+PRODUCT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$"
+DeviceAllocation = Literal["DevicePlugin", "DRA"]
 
 
 class Placement(RuledModel):
@@ -345,6 +349,13 @@ class Placement(RuledModel):
             GPU_COUNT_RANGE,
             lambda p: p.gpu_count == "auto" or (isinstance(p.gpu_count, int) and 1 <= p.gpu_count <= 64),
             ".gpuCount",
+        ),
+        Rule(
+            "!has(self.productNames) || size(self.productNames) == 0 || "
+            "(has(self.deviceAllocation) && self.deviceAllocation == 'DRA')",
+            PRODUCTS_NEED_DRA,
+            lambda p: not p.product_names or p.device_allocation == "DRA",
+            ".productNames",
         ),
     )
 
@@ -365,6 +376,22 @@ class Placement(RuledModel):
         ge=1,
         le=8,
         description="Allow one replica to span this many nodes (vLLM only, as a LeaderWorkerSet).",
+    )
+    device_allocation: DeviceAllocation | None = Field(
+        default=None,
+        description=(
+            "How pods get their GPUs: DevicePlugin (nvidia.com/gpu limits and GPU Feature Discovery node labels) "
+            "or DRA (a ResourceClaimTemplate of DeviceClass gpu.nvidia.com selecting devices with at least the "
+            "plan's memory per GPU). Absent: the operator's deviceAllocation setting."
+        ),
+    )
+    product_names: list[Annotated[str, Field(pattern=PRODUCT_NAME_PATTERN, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "DRA only: allow only devices whose productName attribute is one of these "
+            "(as the NVIDIA DRA driver reports it, e.g. 'NVIDIA H100 80GB HBM3')."
+        ),
     )
 
     @field_validator("gpu_count", mode="before")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llama_operator.api.spec import Adapter, LlamaDeploymentSpec
+from llama_operator.engines.devices import claim_spec, claim_template_name, device_selectors
 from llama_operator.engines.engine import (
     ADAPTER_MOUNT,
     HTTP_PORT_NAME,
@@ -70,6 +71,8 @@ class EngineInput:
     adapters: tuple[Adapter, ...] = ()  # the set the pods serve (during a rollout: the canary's)
     # Where hf:// sources are downloaded from (a mirror in air-gapped clusters).
     hub_endpoint: str = DEFAULT_HUB_ENDPOINT
+    # DevicePlugin (nvidia.com/gpu limits) or DRA (a ResourceClaimTemplate): spec, else the operator's default.
+    device_allocation: str = "DevicePlugin"
 
     @property
     def engine(self) -> Engine:
@@ -105,6 +108,20 @@ class EngineInput:
     def gpus_per_pod(self) -> int:
         chosen = self.decision.chosen
         return chosen.shape.gpus_per_node if chosen else 0
+
+    @property
+    def dra(self) -> bool:
+        """The pods claim their GPUs by Dynamic Resource Allocation (a GPU plan only)."""
+        return self.device_allocation == "DRA" and self.gpus_per_pod > 0
+
+    @property
+    def claim_spec(self) -> Manifest:
+        """The ResourceClaim of each pod under DRA (see `devices`)."""
+        return claim_spec(self.gpus_per_pod, device_selectors(self.decision, self.spec.placement.product_names))
+
+    @property
+    def claim_template(self) -> str:
+        return claim_template_name(self.name, self.claim_spec)
 
     @property
     def nodes(self) -> int:

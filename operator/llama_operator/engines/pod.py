@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote as url_quote
 
 from llama_operator.cache_names import cache_of
+from llama_operator.engines.devices import container_claims
 from llama_operator.engines.engine import ADAPTER_MOUNT, HTTP_PORT_NAME, MODEL_MOUNT, EngineContainer, Manifest
 from llama_operator.sizing.gpu_classes import GPU_RESOURCE, MIB
 
@@ -328,6 +329,8 @@ def resources(inp: EngineInput) -> Manifest:
     cpu = CPU_PER_GPU * gpus if gpus else CPU_FOR_CPU_PLAN
     requests: Manifest = {"cpu": str(cpu), "memory": f"{host_mib}Mi"}
     limits: Manifest = {"memory": f"{host_mib}Mi"}
+    if inp.dra:  # the GPUs come from the pod's ResourceClaim, not from the device plugin's resource
+        return {"requests": requests, "limits": limits, "claims": container_claims()}
     if gpus:
         requests[GPU_RESOURCE] = str(gpus)
         limits[GPU_RESOURCE] = str(gpus)
