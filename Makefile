@@ -25,6 +25,7 @@ $(STAMP): requirements.lock pyproject.toml dev/pyproject.toml
 
 controlplane:
 	bash hack/build-controlplane.sh >/dev/null
+	bash hack/build-upstream.sh >/dev/null
 
 llamaserver:
 	bash hack/build-llama-server.sh >/dev/null

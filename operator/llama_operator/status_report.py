@@ -15,6 +15,7 @@ from llama_operator.api.conditions import (
 )
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus, AutoscalingStatus, Condition, LlamaDeploymentStatus, Phase
+from llama_operator.lws_status import read_leader_worker_set, with_lws_conditions
 from llama_operator.model_cache import CacheReading
 from llama_operator.planning import placement_summary, sizing_status
 from llama_operator.render import INFERENCE_POOL_CRD, LABEL_DEPLOYMENT, service_endpoint
@@ -213,6 +214,10 @@ def report(
         phase, fields = _without_workload(decision, problem, rejected=apply_rejected)
     else:
         phase, fields = _with_workload(problem, ready=ready, updated=updated, desired=desired, rolling=rolling)
+        if decision.chosen is not None and decision.chosen.shape.nodes > 1:  # a LeaderWorkerSet: its own conditions
+            lws = read_leader_worker_set(observation.workload)
+            phase, fields = with_lws_conditions(lws, phase, fields, ready=ready, updated=updated, desired=desired)
+            fields = [(t, s, r, _clip(m)) for t, s, r, m in fields]
         if waiting and cache is not None:
             message = f"pods roll once the model cache is complete: {cache.status.message}"
             fields = [f if f[0] != st.PROGRESSING else (st.PROGRESSING, "True", cache.reason, _clip(message))

@@ -11,7 +11,8 @@ pods KWOK runs (``fake_pod_gates.py``): the operator itself never knows a node i
 
 Two optional components: ``process_backed`` runs the pods of the process-backed pool as real
 local processes (``process_kubelet.py``; KWOK then leaves those nodes alone), and
-``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``).
+``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``), and
+``lws=True`` the real LeaderWorkerSet controller with its CRDs and webhooks (``lws.py``).
 
 Claims are provisioned for real: the controller-manager's own hostPath provisioner backs the
 default StorageClass ``local-hostpath`` that ``start()`` creates (folders ``/tmp/hostpath_pv/<uuid>``,
@@ -55,6 +56,7 @@ from llama_operator_dev.certs import (
 )
 from llama_operator_dev.fake_pod_gates import FakePodGates
 from llama_operator_dev.kubeconfig import write_kubeconfig
+from llama_operator_dev.lws import LeaderWorkerSetController
 from llama_operator_dev.pools import (
     DEFAULT_POOLS_FILE,
     create_pool_nodes,
@@ -90,6 +92,7 @@ class ControlPlane:
         prometheus_scrape_interval_seconds: float = 1.0,
         scale: components.ScaleSettings | None = None,
         audit_log: bool = False,
+        lws: bool = False,
     ) -> None:
         self.workdir = workdir.absolute()
         self.pools_file = pools_file if pools_file is not None else DEFAULT_POOLS_FILE
@@ -114,6 +117,8 @@ class ControlPlane:
         self.scale = scale
         self.audit_log_path: Path | None = self.logs_dir / "audit.log" if audit_log else None
         self.opt_in_flags: dict[str, list[str]] = {}
+        self._lws_enabled = lws
+        self.lws: LeaderWorkerSetController | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -131,7 +136,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop the components in reverse order (SIGTERM, then SIGKILL) and drop etcd's data."""
-        for optional in (self.prometheus, self.process_kubelet, self.fake_pod_gates):
+        for optional in (self.lws, self.prometheus, self.process_kubelet, self.fake_pod_gates):
             if optional is not None:
                 optional.stop()
         if "kube-apiserver" in self.running_components():
@@ -274,6 +279,10 @@ class ControlPlane:
                 self.new_api_client, self.logs_dir, scrape_interval_seconds=self._prometheus_scrape_interval_seconds
             )
             self.prometheus.start()
+        if self._lws_enabled:
+            authority = CertificateFiles(cert=self.ca_path, key=self.pki_dir / "ca.key")
+            self.lws = LeaderWorkerSetController(self.new_api_client, self.client_kubeconfig, authority, self.workdir)
+            self.lws.start()
         LOGGER.info(
             "[%5.1fs] control plane ready at %s (kubeconfig %s)", self._elapsed(), self.server_url, self.kubeconfig_path
         )

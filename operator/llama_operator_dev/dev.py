@@ -26,6 +26,8 @@ from llama_operator.engines.base import HTTP_PORT_NAME
 from llama_operator.kube import Kube
 from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator_dev.controlplane import ControlPlane
+from llama_operator_dev.lws import BUILD_SCRIPT as LWS_BUILD_SCRIPT
+from llama_operator_dev.lws import lws_binary
 from llama_operator_dev.pools import NODE_POOL_LABEL, PROCESS_BACKED_LABEL
 from llama_operator_dev.prometheus import Prometheus
 from llama_operator_dev.real_pools import RealPools, real_pools
@@ -203,6 +205,12 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _StopRequestedError
 
 
+def lws_line(plane: ControlPlane) -> str:
+    if plane.lws is None:
+        return f"no LeaderWorkerSet controller: build it with {LWS_BUILD_SCRIPT} LWS"
+    return f"LeaderWorkerSet controller running (log: {plane.lws.log_path})"
+
+
 def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: float = 2.0) -> int:
     """Bring everything up, print the table whenever it changes, tear everything down on Ctrl-C."""
     started = time.monotonic()
@@ -217,6 +225,7 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
         workdir,
         process_backed=real.config if real is not None else None,
         prometheus=real is not None and Prometheus.available(),
+        lws=lws_binary() is not None,  # multi-node replicas become real LeaderWorkerSet groups
     )
     config = workdir / "operator-config.yaml"
     try:
@@ -229,6 +238,7 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
         say(f"control plane ready; kubeconfig: {plane.kubeconfig_path}")
         if plane.prometheus is not None:
             say(f"Prometheus scraping the pods: {plane.prometheus.url}")
+        say(lws_line(plane))
         say(f"  try: kubectl --kubeconfig {plane.kubeconfig_path} get llamad -n {DEMO_NAMESPACE}")
         with plane.new_api_client() as api_client:
             kube = Kube(api_client)

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +69,25 @@ def upstream_crds(key: str) -> list[dict[str, object]]:
     for path in project.crd_files:
         manifests.extend(doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc)
     return manifests
+
+
+def module_folder(key: str) -> Path:
+    """The pinned project's module as the Go module cache holds it (read-only, checksummed by the proxy), for
+    files read at run time other than CRDs; `go mod download` fetches it when the cache lacks it."""
+    project = read_upstream(key)
+    with tempfile.TemporaryDirectory() as scratch:  # outside any module: no go.mod needed
+        result = subprocess.run(
+            ["go", "mod", "download", "-json", f"{project.module}@{project.version}"],
+            capture_output=True,
+            text=True,
+            timeout=FETCH_TIMEOUT_SECONDS,
+            check=False,
+            cwd=scratch,
+            env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"},
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"go mod download {project.module}@{project.version} failed:\n{result.stderr[-4000:]}")
+    folder = Path(json.loads(result.stdout)["Dir"])
+    if not (folder / "go.mod").is_file():
+        raise RuntimeError(f"go mod download {project.module}@{project.version} gave no module folder ({folder})")
+    return folder

@@ -73,26 +73,10 @@ CUSTOM_VALUES: dict[str, Any] = {
 }  # fmt: skip
 
 
-def stand_in_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
-    """A schemaless CRD standing in for another project's (Prometheus Operator, LeaderWorkerSet)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
-            "scope": "Namespaced",
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-        },
-    }  # fmt: skip
-
-
 # With them installed, ServiceMonitors pass `kubectl apply --dry-run=server` under the Prometheus Operator's
-# own schema (its ServiceMonitor and PodMonitor CRDs, from the pinned module), the operator applies one per
-# LlamaDeployment, and `kubectl auth can-i` resolves every resource. LeaderWorkerSet is a stand-in still.
-STAND_IN_CRDS = [stand_in_crd("leaderworkerset.x-k8s.io", "LeaderWorkerSet", "leaderworkersets")]
+# own schema (its ServiceMonitor and PodMonitor CRDs, from the pinned module), LeaderWorkerSets under LWS's
+# (the CRDs of the pinned sigs.k8s.io/lws; `create`, as they are too large for `apply`'s annotation), the
+# operator applies one ServiceMonitor per LlamaDeployment, and `kubectl auth can-i` resolves every resource.
 
 
 def binary(name: str) -> str:
@@ -271,7 +255,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     control_plane = ControlPlane(tmp_path_factory.mktemp("chart-controlplane"))
     control_plane.start()
     try:
-        crds = [*upstream_crds("PROMETHEUS_OPERATOR"), *STAND_IN_CRDS]
+        crds = [*upstream_crds("PROMETHEUS_OPERATOR"), *upstream_crds("LWS")]
         for crd in crds:
             ok(kubectl(control_plane, "create", "-f", "-", stdin=json.dumps(crd)))
         for namespace in [*WATCHED, SCOPED_NAMESPACE]:
