@@ -40,7 +40,13 @@ from llama_operator.operator_config import OperatorConfig
 from llama_operator.passes import PassInput, PassRunner, slim_owner
 from llama_operator.reconcile import OperatorContext, Outcome, decision_summary
 from llama_operator.render import INFERENCE_POOL_CRD, LABEL_DEPLOYMENT
-from llama_operator.sizing.gpu_classes import NodeFacts, node_facts_from_manifest
+from llama_operator.sizing.gpu_classes import (
+    NodeFacts,
+    SliceGpus,
+    node_facts_from_manifest,
+    slice_gpus_from_manifest,
+    with_slice_gpus,
+)
 
 Manifest = dict[str, Any]
 DEFAULT_EVALUATION_SECONDS = 15.0
@@ -53,8 +59,9 @@ CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_ser
                  "llama_inferencepools")  # fmt: skip
 CACHE_INDEXES = ("llama_cache_claims", "llama_cache_users", "llama_cache_jobs", "llama_cache_pods")
 CLAIM_TEMPLATE_INDEX = "llama_claimtemplates"  # several per owner while pods roll to a new claim: by name
+SLICE_INDEX = "llama_slices"  # GPUs the NVIDIA DRA driver publishes: inventory beside the nodes
 INDEX_IDS = ("llama_owners", "llama_nodes", "llama_crds", "llama_pods", *CHILD_INDEXES, *CACHE_INDEXES,
-             CLAIM_TEMPLATE_INDEX)  # fmt: skip
+             CLAIM_TEMPLATE_INDEX, SLICE_INDEX)  # fmt: skip
 CACHE_LABELS: dict[str, Any] = {**MANAGED_LABELS, CACHE_LABEL: kopf.PRESENT}
 
 
@@ -200,7 +207,7 @@ def _reader(runner: PassRunner, key: OwnerKey, indexes: dict[str, Any], owner: k
         found = slim_owner(owner) if owner is not None else (owners[0] if owners else None)
         if found is None:
             return None
-        nodes = _values(indexes.get("llama_nodes"), None)
+        nodes = _inventory_nodes(indexes)
         records = [r for name in CHILD_INDEXES for r in _values(indexes.get(name), key)]
         cache, owned_caches = _cache_view(indexes, key[0], found)
         view = ObjectView(
@@ -390,13 +397,22 @@ def _all_owners(memo: kopf.Memo, trigger: str, indexes: dict[str, Any]) -> None:
         _queue_pass(key, memo, trigger, indexes)
 
 
+def _inventory_nodes(indexes: Mapping[str, Any]) -> list[NodeFacts]:
+    """The nodes sizing reads, with the GPUs of their DRA ResourceSlices where no device plugin reports any."""
+    return with_slice_gpus(_values(indexes.get("llama_nodes"), None), _values(indexes.get(SLICE_INDEX), None))
+
+
+def _slice_index(body: kopf.Body, **_: Any) -> dict[None, SliceGpus]:
+    found = slice_gpus_from_manifest(body)
+    return {None: found} if found is not None else {}
+
+
 @kopf.on.event("", "v1", "nodes", id="inventory")
 async def inventory_changed(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Nodes came, went or changed GPU facts: plans may change (a class appears, a refusal now fits)."""
     runner = _runner(memo)
     before = runner.inventory.current
-    nodes = _values(kwargs.get("llama_nodes"), None)
-    after = runner.inventory.get(runner.ctx, nodes)
+    after = runner.inventory.get(runner.ctx, _inventory_nodes(kwargs))
     if before is not None and after != before:
         logger.info("GPU inventory changed: %s", ", ".join(after.class_names))
         _all_owners(memo, "nodes", _indexes(kwargs))
@@ -432,6 +448,10 @@ def watch_optional_children(allowed: Callable[[str, str], bool], logger: logging
         kopf.index(group, version, plural, labels=MANAGED_LABELS, id=index_id)(_optional_child_index)
         kopf.on.event(group, version, plural, labels=MANAGED_LABELS, id=f"child-{plural}")(child_changed)
         watched.append(f"{plural}.{group}")
+    if allowed("resource.k8s.io", "resourceslices"):  # GPUs of the DRA driver count as inventory
+        kopf.index("resource.k8s.io", "v1", "resourceslices", id=SLICE_INDEX)(_slice_index)
+        kopf.on.event("resource.k8s.io", "v1", "resourceslices", id="inventory-slices")(inventory_changed)
+        watched.append("resourceslices.resource.k8s.io")
     return watched
 
 

@@ -15,7 +15,17 @@ from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
 from llama_operator.reconcile import OperatorContext, dra_problem
 from llama_operator.render import Owner, RenderOptions, render
-from llama_operator.sizing.gpu_classes import GPU_RESOURCE, LABEL_MEMORY_MIB, MIB
+from llama_operator.sizing.gpu_classes import (
+    GPU_RESOURCE,
+    LABEL_MEMORY_MIB,
+    MIB,
+    NodeFacts,
+    inventory_from_nodes,
+    slice_gpus_from_manifest,
+    with_slice_gpus,
+)
+from llama_operator_dev.dra import resource_slices
+from llama_operator_dev.pools import load_node_pools
 from tests.unit.render_cases import INVENTORY, LLAMA_8B
 
 Manifest = dict[str, Any]
@@ -174,3 +184,36 @@ def test_dra_without_the_api_says_what_to_install() -> None:
     with_api = OperatorContext(kube=None, config=OperatorConfig(), watched_crds=frozenset({CLAIM_TEMPLATES}))  # type: ignore[arg-type]
     assert dra_problem(with_api, spec, decision) is None
     assert dra_problem(without, parse_spec(body()), plan(parse_spec(body()), "chat", INVENTORY)) is None
+
+
+def test_gpus_only_the_dra_driver_publishes_are_inventory() -> None:
+    """A node without nvidia.com/gpu (no device plugin) whose ResourceSlice lists 8 H100s: sizing sees an
+    h100-80gb node with 8 GPUs of the slice's memory; a node the device plugin reports keeps its own facts."""
+    pools = [p for p in load_node_pools() if p.name in ("h100-80gb", "gpu-24gb")]
+    slices = [s for s in (slice_gpus_from_manifest(m) for m in resource_slices(pools)) if s is not None]
+    assert {(s.node, s.count, s.memory_mib, s.product) for s in slices} >= {
+        ("kwok-h100-80gb-0", 8, 81_559, "NVIDIA H100 80GB HBM3"),
+        ("kwok-gpu-24gb-1", 4, 23_034, "NVIDIA L4"),
+    }
+    dra_only = NodeFacts("kwok-h100-80gb-0", {}, allocatable_gpus=0, allocatable_memory_bytes=2 * 1024**4)
+    plugin = NodeFacts("kwok-gpu-24gb-1", {LABEL_MEMORY_MIB: "23034"}, allocatable_gpus=2, allocatable_memory_bytes=1)
+    merged = {n.name: n for n in with_slice_gpus([dra_only, plugin], slices)}
+    assert merged["kwok-h100-80gb-0"].allocatable_gpus == 8
+    assert merged["kwok-h100-80gb-0"].labels[LABEL_MEMORY_MIB] == "81559"
+    assert merged["kwok-gpu-24gb-1"] == plugin
+    inventory = inventory_from_nodes(merged.values())
+    h100 = inventory.gpu_class("h100-80gb")
+    assert h100 is not None
+    assert (h100.gpus_per_node, h100.memory_mib, h100.nodes) == (8, 81_559, 1)
+    assert inventory_from_nodes([dra_only]).gpu_classes == ()  # without the slice: a CPU node
+
+
+def test_slices_of_other_drivers_and_non_gpu_devices_are_not_gpus() -> None:
+    (h100,) = [p for p in load_node_pools() if p.name == "h100-80gb"]
+    manifest = resource_slices([h100])[0]
+    other = {**manifest, "spec": {**manifest["spec"], "driver": "dra.example.com"}}
+    assert slice_gpus_from_manifest(other) is None
+    devices = [{**d, "attributes": {**d["attributes"], "type": {"string": "mig"}}} for d in manifest["spec"]["devices"]]
+    assert slice_gpus_from_manifest({**manifest, "spec": {**manifest["spec"], "devices": devices}}) is None
+    broken = {**manifest, "spec": {**manifest["spec"], "devices": "not a list"}}
+    assert slice_gpus_from_manifest(broken) is None

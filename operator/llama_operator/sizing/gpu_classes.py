@@ -193,3 +193,68 @@ def inventory_from_nodes(
         else None
     )
     return Inventory(ordered, cpu, tuple(skipped))
+
+
+# -- GPUs published by the NVIDIA DRA driver (resource.k8s.io/v1 ResourceSlices) ----------------------------
+
+DRA_DRIVER = "gpu.nvidia.com"
+
+
+@dataclass(frozen=True)
+class SliceGpus:
+    """The GPUs one ResourceSlice of the NVIDIA DRA driver lists for one node."""
+
+    node: str
+    count: int
+    memory_mib: int  # the smallest device's memory
+    product: str | None
+
+
+def slice_gpus_from_manifest(body: Mapping[str, object]) -> SliceGpus | None:
+    """The whole-GPU devices of a ResourceSlice (attribute `type: gpu` and a memory capacity); None for other
+    drivers, slices without a node, or none readable."""
+    try:
+        spec = _mapping(body.get("spec"), "spec")
+        if spec.get("driver") != DRA_DRIVER or not spec.get("nodeName"):
+            return None
+        memories: list[int] = []
+        products: list[str] = []
+        devices = spec.get("devices") or []
+        if not isinstance(devices, list):
+            return None
+        for device in devices:
+            device_map = _mapping(device, "device")
+            attributes = _mapping(device_map.get("attributes"), "attributes")
+            if _mapping(attributes.get("type"), "type").get("string") != "gpu":
+                continue
+            memory = _mapping(_mapping(device_map.get("capacity"), "capacity").get("memory"), "memory").get("value")
+            memories.append(parse_capacity(str(memory)) // MIB)
+            product = _mapping(attributes.get("productName"), "productName").get("string")
+            if isinstance(product, str):
+                products.append(product)
+    except (ValueError, TypeError):
+        return None
+    if not memories:
+        return None
+    return SliceGpus(str(spec["nodeName"]), len(memories), min(memories), products[0] if products else None)
+
+
+def with_slice_gpus(nodes: Iterable[NodeFacts], slices: Iterable[SliceGpus]) -> list[NodeFacts]:
+    """Nodes whose GPUs only the DRA driver publishes (no nvidia.com/gpu allocatable) get them from their
+    slices, with the memory and product labels GPU Feature Discovery would have set; other nodes are kept."""
+    per_node: dict[str, list[SliceGpus]] = {}
+    for found in slices:
+        per_node.setdefault(found.node, []).append(found)
+    merged = []
+    for node in nodes:
+        published = per_node.get(node.name)
+        if node.unreadable is not None or node.allocatable_gpus > 0 or not published:
+            merged.append(node)
+            continue
+        labels = dict(node.labels)
+        labels[LABEL_MEMORY_MIB] = str(min(s.memory_mib for s in published))
+        product = next((s.product for s in published if s.product), None)
+        if product is not None:
+            labels.setdefault(LABEL_PRODUCT, product.replace(" ", "-"))
+        merged.append(replace(node, labels=labels, allocatable_gpus=sum(s.count for s in published)))
+    return merged
