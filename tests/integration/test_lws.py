@@ -138,6 +138,7 @@ def test_a_405b_replica_over_two_h100_nodes_runs_on_the_real_lws_controller(
     # The LWS webhook defaulted what the operator leaves out; the LWS controller reports on this generation.
     assert lws["spec"]["networkConfig"] == {"subdomainPolicy": "Shared"}, lws["spec"]
     assert {c["type"]: c["status"] for c in lws["status"]["conditions"]}["Available"] == "True"
+    assert lws["metadata"]["generation"] == 1, "the operator's apply and LWS's defaults must not fight"
 
     pods = {p.metadata.labels[WORKER_INDEX]: p for p in ready_pods(api_client, namespace, 2) or []}
     assert sorted(pods) == ["0", "1"], "one leader (worker-index 0) and one worker (1)"
