@@ -54,6 +54,7 @@ from llama_operator_dev.certs import (
     generate_cluster_certificates,
     make_client_certificate,
 )
+from llama_operator_dev.dra import publish_gpu_devices
 from llama_operator_dev.fake_pod_gates import FakePodGates
 from llama_operator_dev.kubeconfig import write_kubeconfig
 from llama_operator_dev.lws import LeaderWorkerSetController
@@ -202,6 +203,11 @@ class ControlPlane:
         client = make_client_certificate(authority, self.pki_dir, identity)
         client.key.chmod(0o600)
         return write_kubeconfig(self.workdir / f"{user}.kubeconfig", self.server_url, self.ca_path, user, client)
+
+    def publish_gpu_devices(self) -> int:
+        """Publish the GPU pools as DRA devices (``dra.py``): the DeviceClass and one ResourceSlice per node."""
+        with self.new_api_client() as api_client:
+            return publish_gpu_devices(api_client, load_node_pools(self.pools_file))
 
     # -- faults: what the outage tests do to a component ------------------------------------
 

@@ -235,7 +235,8 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
         config.write_text(yaml.safe_dump({"hubEndpoint": real.hub.url} if real is not None else {}))
         say(f"starting the control plane in {workdir} (logs in {plane.logs_dir})")
         plane.start()
-        say(f"control plane ready; kubeconfig: {plane.kubeconfig_path}")
+        say(f"control plane ready; kubeconfig: {plane.kubeconfig_path}; "
+            f"{plane.publish_gpu_devices()} GPUs published as DRA devices (DeviceClass gpu.nvidia.com)")  # fmt: skip
         if plane.prometheus is not None:
             say(f"Prometheus scraping the pods: {plane.prometheus.url}")
         say(lws_line(plane))
