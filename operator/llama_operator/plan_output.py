@@ -127,7 +127,11 @@ def plan_manifest(manifest: Mapping[str, Any], inventory: Inventory, config: Ope
             namespace,
             spec,
             decision,
-            options=RenderOptions(images=config.engine_images(), hub_endpoint=config.hub_endpoint),
+            options=RenderOptions(
+                images=config.engine_images(),
+                hub_endpoint=config.hub_endpoint,
+                device_allocation=config.device_allocation,
+            ),
         )
         if decision.fits
         else []

@@ -304,3 +304,20 @@ def test_an_anchor_without_an_alias_is_read(capsys: pytest.CaptureFixture[str], 
     code, out, _ = run_plan(capsys, "-f", str(path), "-o", "json")
     assert code == 0
     assert out["children"]
+
+
+def test_plan_renders_the_claim_template_of_dra_from_the_spec_or_the_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`plan` (no cluster) shows every child the spec asks for: under DRA the ResourceClaimTemplate first."""
+    manifest = yaml.safe_load((ROOT / "manifests/examples/llama-3.1-8b-vllm-24gb.yaml").read_text())
+    _, plain, _ = run_plan(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    assert "ResourceClaimTemplate" not in [c["kind"] for c in plain["children"]]
+    config = tmp_path / "config.yaml"
+    config.write_text("deviceAllocation: DRA\n")
+    assert main(["--config", str(config), "plan", "-f", write(tmp_path, manifest), "-o", "json"]) == 0
+    by_default = json.loads(capsys.readouterr().out)
+    assert [c["kind"] for c in by_default["children"]][:2] == ["ResourceClaimTemplate", "Deployment"]
+    manifest["spec"]["placement"]["deviceAllocation"] = "DRA"
+    _, by_spec, _ = run_plan(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    assert by_spec["children"][0] == by_default["children"][0]
