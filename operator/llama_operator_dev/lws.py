@@ -59,7 +59,6 @@ CONFIGURATION_PREFIX = "llama-operator-dev-lws-"
 WEBHOOK_TIMEOUT_SECONDS = 10
 STOP_GRACE_SECONDS = 10.0
 LOOPBACK = "127.0.0.1"
-CRD_GROUPS = ("leaderworkerset.x-k8s.io", "disaggregatedset.x-k8s.io")
 WEBHOOK_KINDS = {
     "MutatingWebhookConfiguration": "mutating",
     "ValidatingWebhookConfiguration": "validating",

@@ -20,6 +20,8 @@ UPSTREAM_VERSIONS_FILE = REPOSITORY_ROOT / "hack" / "upstream-versions.env"
 FETCH_SCRIPT = "hack/fetch-upstream-crds.sh"
 COMPLETE_MARKER = ".complete"
 FETCH_TIMEOUT_SECONDS = 600
+# libyaml's safe loader when PyYAML has it: the LeaderWorkerSet CRD (1.3 MB) parses in 0.2 s instead of 2 s.
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def upstream_crds(key: str) -> list[dict[str, object]]:
             raise RuntimeError(f"{FETCH_SCRIPT} {key} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     manifests: list[dict[str, object]] = []
     for path in project.crd_files:
-        manifests.extend(doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc)
+        manifests.extend(doc for doc in yaml.load_all(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER) if doc)
     return manifests
 
 
