@@ -22,6 +22,7 @@ from llama_operator.api.spec import GROUP, PLURAL, VERSION
 from llama_operator.api.status import LlamaDeploymentStatus
 from llama_operator.autoscale.evaluate import decide_and_scale, read_metrics
 from llama_operator.autoscale.evaluate import status_patch as autoscale_status_patch
+from llama_operator.autoscale.keda import KEDA_CRD, TRIGGER_AUTH_CRD
 from llama_operator.cache_names import CACHE_LABEL, cache_claim_name
 from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, Kube, KubeError
@@ -52,11 +53,11 @@ Manifest = dict[str, Any]
 DEFAULT_EVALUATION_SECONDS = 15.0
 API_CALLS_IN_FLIGHT = 16
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "llama-operator"}
-WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD})
+WATCHED_CRDS = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD, KEDA_CRD, TRIGGER_AUTH_CRD})
 NODE_LABEL_PREFIXES = ("nvidia.com/", "llamaops.io/")  # what sizing reads; other label churn is ignored
 PASS_LOGGER = logging.getLogger("llama_operator.passes")
 CHILD_INDEXES = ("llama_deployments", "llama_services", "llama_pdbs", "llama_servicemonitors", "llama_lws",
-                 "llama_inferencepools")  # fmt: skip
+                 "llama_inferencepools", "llama_scaledobjects", "llama_triggerauths")  # fmt: skip
 CACHE_INDEXES = ("llama_cache_claims", "llama_cache_users", "llama_cache_jobs", "llama_cache_pods")
 CLAIM_TEMPLATE_INDEX = "llama_claimtemplates"  # several per owner while pods roll to a new claim: by name
 SLICE_INDEX = "llama_slices"  # GPUs the NVIDIA DRA driver publishes: inventory beside the nodes
@@ -433,6 +434,8 @@ OPTIONAL_CHILDREN = {
     "llama_lws": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
     "llama_inferencepools": ("inference.networking.k8s.io", "v1", "inferencepools"),
     CLAIM_TEMPLATE_INDEX: ("resource.k8s.io", "v1", "resourceclaimtemplates"),
+    "llama_scaledobjects": ("keda.sh", "v1alpha1", "scaledobjects"),
+    "llama_triggerauths": ("keda.sh", "v1alpha1", "triggerauthentications"),
 }
 
 
@@ -460,7 +463,9 @@ def _optional_child_index(body: kopf.Body, **_: Any) -> dict[OwnerKey, ChildReco
 
 
 def _autoscaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
-    return bool((spec.get("autoscaling") or {}).get("enabled"))
+    """The built-in autoscaler runs; under autoscaling.mode: KEDA it does not (KEDA's HPA writes replicas)."""
+    scaling = spec.get("autoscaling") or {}
+    return bool(scaling.get("enabled")) and scaling.get("mode", "Builtin") != "KEDA"
 
 
 async def _autoscale_once(runner: PassRunner, key: OwnerKey, body: kopf.Body, logger: kopf.Logger,

@@ -49,6 +49,8 @@ PLURALS = {
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     (INFERENCE_POOL_API, "InferencePool"): "inferencepools",
     ("resource.k8s.io/v1", "ResourceClaimTemplate"): "resourceclaimtemplates",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentications",
     ("resource.k8s.io/v1", "ResourceSlice"): "resourceslices",
     (f"{GROUP}/{VERSION}", "LlamaDeployment"): PLURAL,
     ("v1", "Namespace"): "namespaces",

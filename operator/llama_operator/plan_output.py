@@ -131,6 +131,8 @@ def plan_manifest(manifest: Mapping[str, Any], inventory: Inventory, config: Ope
                 images=config.engine_images(),
                 hub_endpoint=config.hub_endpoint,
                 device_allocation=config.device_allocation,
+                # KEDA's Prometheus as the operator would choose it (its allow-list is checked in the cluster).
+                prometheus_url=spec.autoscaling.prometheus_url or config.prometheus_url,
             ),
         )
         if decision.fits

@@ -25,12 +25,14 @@ from llama_operator.api.parse import InvalidSpecError, parse_spec
 from llama_operator.api.spec import KIND, LlamaDeploymentSpec
 from llama_operator.api.status import LlamaDeploymentStatus, ModelCacheStatus
 from llama_operator.api.timestamps import rfc3339
+from llama_operator.autoscale.keda import KEDA_API, KEDA_CRD, TRIGGER_AUTH_CRD, keda_query, keda_target, keda_wanted
 from llama_operator.cache_names import cache_of, job_name
 from llama_operator.child_failures import ApplyFailure, ChildFailures, ChildKey, body_digest
 from llama_operator.child_names import child_name_problem
 from llama_operator.engines.base import served_model_name
 from llama_operator.engines.devices import CLAIM_TEMPLATE_KIND, CLAIM_TEMPLATES, DRA_API
 from llama_operator.engines.pod import DOWNLOAD_CONTAINER
+from llama_operator.keda_status import KedaReading, read_scaled_object
 from llama_operator.kill_points import kill_point
 from llama_operator.kube import LWS_CRD, SERVICE_MONITOR_CRD, ConflictError, Kube, KubeError
 from llama_operator.metrics import CHILD_APPLIES, SIZING_DECISIONS, record_phase
@@ -51,6 +53,7 @@ from llama_operator.model_cache import (
 from llama_operator.observed import ChildRecord, ObjectView, child_record, first_difference, freshest, needs_apply
 from llama_operator.operator_config import OperatorConfig
 from llama_operator.planning import plan
+from llama_operator.promql import PrometheusUrlRefusedError, choose_prometheus_url
 from llama_operator.render import INFERENCE_POOL_API, INFERENCE_POOL_CRD, LWS_API, Owner, RenderOptions, render
 from llama_operator.sizing.fit import SizingDecision
 from llama_operator.sizing.gpu_classes import Inventory
@@ -103,7 +106,9 @@ class OperatorContext:
     clock: Callable[[], float] = time.monotonic  # for back-offs
     # CRDs of optional child kinds the operator watches: only those are rendered (an unwatched kind would
     # look missing to every pass and be applied again and again).
-    watched_crds: frozenset[str] = frozenset({SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD, CLAIM_TEMPLATES})
+    watched_crds: frozenset[str] = frozenset(
+        {SERVICE_MONITOR_CRD, LWS_CRD, INFERENCE_POOL_CRD, CLAIM_TEMPLATES, KEDA_CRD, TRIGGER_AUTH_CRD}
+    )
 
 
 @dataclass(frozen=True)
@@ -367,25 +372,35 @@ async def _release_caches(
         await _cache_write(ctx, step, key, what=what, point=point, write=write)
 
 
-async def _prune_inference_pool(
+# Optional children that go when the spec stops asking for them: (apiVersion, kind, kill point, why).
+PRUNED_WHEN_OFF = (
+    # routing.inferencePool off (or no plan to serve): no gateway routes to pods it no longer should.
+    (INFERENCE_POOL_API, "InferencePool", "reconcile.inference_pool", "routing.inferencePool is off"),
+    # autoscaling.mode no longer KEDA: KEDA's HPA must not keep writing replicas.
+    (KEDA_API, "ScaledObject", "reconcile.scaled_object", "autoscaling.mode is not KEDA"),
+    (KEDA_API, "TriggerAuthentication", "reconcile.trigger_auth", "KEDA needs no Prometheus token"),
+)
+
+
+async def _prune_optional(
     ctx: OperatorContext, ref: ObjectRef, children: Sequence[Manifest], view: ObjectView, applied: ApplyResult
 ) -> None:
-    """routing.inferencePool turned off (or no plan to serve): the pool goes, so no gateway routes to pods
-    it no longer should."""
-    record = ctx.applied.fresher(ref.namespace, view.child(INFERENCE_POOL_API, "InferencePool"), INFERENCE_POOL_API,
-                                 "InferencePool", ref.name)  # fmt: skip
-    if record is None or any(c["kind"] == "InferencePool" for c in children):
-        return
-    uid = str((record.body.get("metadata") or {}).get("uid") or "")
-    try:
-        kill_point("reconcile.inference_pool:delete:before")
-        await asyncio.to_thread(ctx.kube.delete, INFERENCE_POOL_API, "InferencePool", ref.namespace, record.name,
-                                uid=uid, resource_version=None)  # fmt: skip
-    except KubeError as error:
-        applied.failed_now.append(f"InferencePool/{record.name} not deleted: {error}")
-        return
-    ctx.applied.drop(INFERENCE_POOL_API, "InferencePool", ref.namespace, record.name)
-    applied.applied.append(f"InferencePool/{record.name} (deleted: routing.inferencePool is off)")
+    """Delete the optional children the spec no longer asks for (PRUNED_WHEN_OFF)."""
+    for api_version, kind, point, why in PRUNED_WHEN_OFF:
+        record = ctx.applied.fresher(ref.namespace, view.child(api_version, kind), api_version, kind,
+                                     ref.name)  # fmt: skip
+        if record is None or any(c["kind"] == kind for c in children):
+            continue
+        uid = str((record.body.get("metadata") or {}).get("uid") or "")
+        try:
+            kill_point(f"{point}:delete:before")
+            await asyncio.to_thread(ctx.kube.delete, api_version, kind, ref.namespace, record.name, uid=uid,
+                                    resource_version=None)  # fmt: skip
+        except KubeError as error:
+            applied.failed_now.append(f"{kind}/{record.name} not deleted: {error}")
+            continue
+        ctx.applied.drop(api_version, kind, ref.namespace, record.name)
+        applied.applied.append(f"{kind}/{record.name} (deleted: {why})")
 
 
 async def _prune_claim_templates(
@@ -424,6 +439,38 @@ def dra_problem(ctx: OperatorContext, spec: LlamaDeploymentSpec, decision: Sizin
     )
 
 
+def keda_prometheus_url(ctx: OperatorContext, spec: LlamaDeploymentSpec) -> str | None:
+    """The Prometheus KEDA is to query for autoscaling.mode: KEDA (None when not KEDA); the same choice and
+    allow-list as the built-in autoscaler's, refused as an invalid spec before anything is rendered."""
+    if not keda_wanted(spec):
+        return None
+    config = ctx.config
+    try:
+        url = choose_prometheus_url(spec.autoscaling.prometheus_url, config.prometheus_url,
+                                    config.prometheus_allowed_urls)  # fmt: skip
+    except PrometheusUrlRefusedError as refused:
+        raise InvalidSpecError(str(refused)) from refused
+    if url is None:
+        raise InvalidSpecError(
+            "autoscaling.mode: KEDA needs a Prometheus for the ScaledObject: set spec.autoscaling.prometheusUrl "
+            "or the operator's prometheusUrl"
+        )
+    return url
+
+
+def keda_reading(
+    spec: LlamaDeploymentSpec, view: ObjectView, decision: SizingDecision, namespace: str, name: str
+) -> KedaReading | None:
+    if not keda_wanted(spec):
+        return None
+    if KEDA_CRD not in view.crds:
+        return KedaReading(api_installed=False, name=name)
+    engine = decision.request.engine
+    record = view.child(KEDA_API, "ScaledObject")
+    return read_scaled_object(name, record.status if record is not None else None,
+                              query=keda_query(spec, engine, namespace, name), target=keda_target(spec, engine))  # fmt: skip
+
+
 def pool_reading(spec: LlamaDeploymentSpec, view: ObjectView, children: Sequence[Manifest]) -> PoolReading | None:
     """What became of routing.inferencePool: its port and selector as rendered, or that the API is missing."""
     if not spec.routing.inference_pool.enabled:
@@ -458,9 +505,10 @@ async def reconcile(
             raise InvalidSpecError(name_problem)
         decision = decide(spec, ref.name, inventory)
         device_problem = dra_problem(ctx, spec, decision)
+        next_step = ""  # from here on each message says what to install or change
         if device_problem is not None:
-            next_step = ""  # the message says what to install or change
             raise InvalidSpecError(device_problem)
+        prometheus_url = keda_prometheus_url(ctx, spec)
     except InvalidSpecError as error:
         invalid = invalid_spec_status(str(error), generation=ref.generation, previous=status.conditions, now=now,
                                       next_step=next_step)  # fmt: skip
@@ -483,6 +531,8 @@ async def reconcile(
             hub_endpoint=ctx.config.hub_endpoint,
             inference_pool_api=INFERENCE_POOL_CRD in view.crds,
             device_allocation=ctx.config.device_allocation,
+            keda_api=KEDA_CRD in view.crds,
+            prometheus_url=prometheus_url,
         )
         cache = await _model_cache(ctx, ref, spec, decision, options=options, view=view, previous=status.model_cache)
         children = render(
@@ -492,7 +542,7 @@ async def reconcile(
         if cache.reading is not None and not cache.reading.ready:  # no pod waits on a download: not applied yet
             children = [c for c in children if (c["apiVersion"], c["kind"]) != kind]
         applied = await _apply_differences(ctx, ref, children, view)
-    await _prune_inference_pool(ctx, ref, children, view, applied)
+    await _prune_optional(ctx, ref, children, view, applied)
     workload = ctx.applied.fresher(ref.namespace, view.child(*kind), *kind, ref.name)
     await _release_caches(ctx, ref, spec, view=view, workload=workload, step=cache)
     await _prune_claim_templates(ctx, ref, children, view=view, workload=workload, applied=applied)
@@ -510,6 +560,7 @@ async def reconcile(
         ref.name, ref.namespace, spec, decision, observation, generation=ref.generation, previous=status.conditions,
         now=now, rollout=rollout_status, apply_error=apply_error, apply_rejected=any(f.rejected for f in applied.failures),
         autoscaling=status.autoscaling, cache=cache.reading, inference_pool=pool_reading(spec, view, children),
+        keda=keda_reading(spec, view, decision, ref.namespace, ref.name),
     )  # fmt: skip
     record_phase(ref.namespace, ref.name, new_status.phase)
     return Outcome(

@@ -10,6 +10,12 @@ from typing import Any
 
 from llama_operator.adapters.rollout import ADAPTERS_ANNOTATION, GATE_CONDITION, adapter_key
 from llama_operator.api.spec import GROUP, KIND, VERSION, Adapter, LlamaDeploymentSpec, canary_size
+from llama_operator.autoscale.keda import (
+    keda_wanted,
+    render_scaled_object,
+    render_trigger_authentication,
+    trigger_auth_name,
+)
 from llama_operator.engines import render_engine_container
 from llama_operator.engines.base import (
     DEFAULT_HUB_ENDPOINT,
@@ -64,6 +70,10 @@ class RenderOptions:
     inference_pool_api: bool = True
     # How pods get GPUs when the spec does not say (the operator's deviceAllocation setting).
     device_allocation: str = "DevicePlugin"
+    # autoscaling.mode: KEDA: whether the cluster serves ScaledObjects, and the Prometheus KEDA queries (the
+    # caller's choice: the object's URL where the operator allows it, else the operator's). No URL: none.
+    keda_api: bool = True
+    prometheus_url: str | None = None
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -335,6 +345,20 @@ def render_claim_template(inp: EngineInput, namespace: str, owner: Owner | None)
     }
 
 
+def render_keda(inp: EngineInput, namespace: str, owner: Owner | None, prometheus_url: str) -> list[Manifest]:
+    """The ScaledObject (and, with a Prometheus token, its TriggerAuthentication) of autoscaling.mode: KEDA."""
+    labels = common_labels(inp.name, inp.decision.request.engine)
+    engine = inp.decision.request.engine
+    found = []
+    auth = render_trigger_authentication(inp.spec, _metadata(trigger_auth_name(inp.name), namespace, labels, owner))
+    if auth is not None:
+        found.append(auth)
+    found.append(render_scaled_object(inp.spec, engine, name=inp.name, namespace=namespace,
+                                      metadata=_metadata(inp.name, namespace, labels, owner),
+                                      prometheus_url=prometheus_url))  # fmt: skip
+    return found
+
+
 def service_endpoint(name: str, namespace: str) -> str:
     return f"http://{name}.{namespace}.svc.cluster.local/v1"
 
@@ -375,4 +399,6 @@ def render(
         children.append(render_service_monitor(inp, engine, namespace, owner))
     if spec.routing.inference_pool.enabled and opts.inference_pool_api:
         children.append(render_inference_pool(inp, engine, namespace, owner))
+    if keda_wanted(spec) and opts.keda_api and opts.prometheus_url is not None:
+        children += render_keda(inp, namespace, owner, opts.prometheus_url)
     return children

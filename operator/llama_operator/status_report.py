@@ -15,6 +15,7 @@ from llama_operator.api.conditions import (
 )
 from llama_operator.api.spec import LlamaDeploymentSpec
 from llama_operator.api.status import AdapterRolloutStatus, AutoscalingStatus, Condition, LlamaDeploymentStatus, Phase
+from llama_operator.keda_status import KedaReading, keda_condition
 from llama_operator.lws_status import read_leader_worker_set, with_lws_conditions
 from llama_operator.model_cache import CacheReading
 from llama_operator.planning import placement_summary, sizing_status
@@ -188,6 +189,7 @@ def report(
     autoscaling: AutoscalingStatus | None = None,
     cache: CacheReading | None = None,
     inference_pool: PoolReading | None = None,
+    keda: KedaReading | None = None,
 ) -> LlamaDeploymentStatus:
     """`apply_error`: a child was not applied; `apply_rejected`: the apiserver refused it as invalid, so the
     same spec will not get further (phase Failed while nothing serves, Degraded while an older workload does).
@@ -228,9 +230,9 @@ def report(
     conditions += [make_condition(*f, generation=generation, now=now) for f in fields]
     if rollout is not None:
         conditions.append(_rollout_condition(rollout, generation, now))
-    scaling = autoscaling if spec.autoscaling.enabled else None
+    scaling = _scaling_condition(spec, autoscaling, keda, generation=generation, now=now)
     if scaling is not None:
-        conditions.append(scaling_condition(scaling, generation=generation, now=now))
+        conditions.append(scaling)
     if inference_pool is not None:
         conditions.append(_pool_condition(name, inference_pool, generation, now))
     kept = [c for c in previous if (c.type != st.SCALING_ACTIVE or scaling is not None)
@@ -291,6 +293,19 @@ def _pool_condition(name: str, pool: PoolReading, generation: int, now: str) -> 
                               now=now)  # fmt: skip
     message = f"InferencePool/{name} selects the serving pods ({pool.selector}) on port {pool.port}"
     return make_condition(st.INFERENCE_POOL, "True", st.REASON_POOL_RENDERED, message, generation=generation, now=now)
+
+
+def _scaling_condition(
+    spec: LlamaDeploymentSpec, autoscaling: AutoscalingStatus | None, keda: KedaReading | None, *, generation: int,
+    now: str,
+) -> Condition | None:  # fmt: skip
+    """ScalingActive: from KEDA's ScaledObject under autoscaling.mode: KEDA, else from the built-in
+    autoscaler's status; none while autoscaling is off."""
+    if keda is not None:
+        return keda_condition(keda, generation=generation, now=now)
+    if spec.autoscaling.enabled and autoscaling is not None:
+        return scaling_condition(autoscaling, generation=generation, now=now)
+    return None
 
 
 def scaling_condition(autoscaling: AutoscalingStatus, *, generation: int, now: str) -> Condition:

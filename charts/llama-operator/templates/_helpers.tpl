@@ -116,6 +116,13 @@ them, a Role per namespace otherwise). Each verb is used; see the comments.
   resources: ["inferencepools"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}
+{{- if .Values.keda.enabled }}
+# autoscaling.mode: KEDA: a ScaledObject per LlamaDeployment (and a TriggerAuthentication naming its
+# Prometheus token Secret), deleted when the object stops asking for KEDA.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects", "triggerauthentications"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+{{- end }}
 {{- if .Values.dra.enabled }}
 # placement.deviceAllocation: DRA: one ResourceClaimTemplate per claim the pods make (its spec cannot
 # change, so a new claim is a new template), deleted once no pod template names it.

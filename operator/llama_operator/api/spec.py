@@ -470,6 +470,14 @@ class Autoscaling(RuledModel):
     )
 
     enabled: bool = Field(default=False, description="Let the operator set spec.replicas from queue metrics.")
+    mode: Literal["Builtin", "KEDA"] = Field(
+        default="Builtin",
+        description=(
+            "Builtin: the operator evaluates the query and writes spec.replicas. KEDA: the operator renders a "
+            "KEDA ScaledObject on the scale subresource with the same query, target and bounds (and a fallback "
+            "that holds replicas when the query fails), and never writes replicas itself."
+        ),
+    )
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Lower bound of replicas.")
     max_replicas: int = Field(default=4, ge=1, le=1000, description="Upper bound of replicas.")
     metric: Literal["queue", "inFlight"] = Field(

@@ -28,7 +28,8 @@ class MetricQueries:
     per_pod: bool  # False for a custom query, whose series are not pods
 
 
-def _selector(namespace: str, name: str) -> str:
+def selector(namespace: str, name: str) -> str:
+    """The label matchers of one LlamaDeployment's pods."""
     return f'{{{NAMESPACE_LABEL}="{namespace}",{DEPLOYMENT_LABEL}="{name}"}}'
 
 
@@ -39,7 +40,7 @@ def engine_metric(engine: str, kind: MetricKind) -> str:
 
 
 def engine_queries(engine: str, kind: MetricKind, namespace: str, name: str) -> MetricQueries:
-    metric = engine_metric(engine, kind) + _selector(namespace, name)
+    metric = engine_metric(engine, kind) + selector(namespace, name)
     return MetricQueries(
         values=f"sum by ({POD_LABEL}) ({metric})",
         timestamps=f"max by ({POD_LABEL}) (timestamp({metric}))",
