@@ -65,6 +65,8 @@ CUSTOM_VALUES: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
     "leaderWorkerSet": {"enabled": True},
     "inferencePool": {"enabled": True},
+    "dra": {"enabled": True, "default": True},
+    "keda": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "crds": {"keep": False},
     "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -189,6 +191,7 @@ def test_custom_values_render_namespaced_rbac_monitoring_and_the_operator_config
     assert config.cpu_cost_per_replica == 0.1
     assert config.prometheus_url == CUSTOM_VALUES["prometheusUrl"]
     assert config.prometheus_allowed_urls == CUSTOM_VALUES["prometheusAllowedUrls"]
+    assert config.device_allocation == "DRA"  # dra.default
     images = config.engine_images()
     assert set(vars(images).values()) == set(CUSTOM_VALUES["engineImages"].values())
     assert images != EngineImages()
@@ -200,8 +203,12 @@ def test_custom_values_render_namespaced_rbac_monitoring_and_the_operator_config
     assert ("leaderworkerset.x-k8s.io", "leaderworkersets", "*", "create") in rule_set(roles[0]["rules"])
     for verb in ("watch", "create", "patch", "delete"):
         assert ("inference.networking.k8s.io", "inferencepools", "*", verb) in rule_set(roles[0]["rules"])
+        assert ("resource.k8s.io", "resourceclaimtemplates", "*", verb) in rule_set(roles[0]["rules"])
+        for plural in ("scaledobjects", "triggerauthentications"):
+            assert ("keda.sh", plural, "*", verb) in rule_set(roles[0]["rules"])
     (cluster_role,) = find(docs, "ClusterRole")
     assert ("", "namespaces", "*", "list") in rule_set(cluster_role["rules"])
+    assert ("resource.k8s.io", "resourceslices", "*", "watch") in rule_set(cluster_role["rules"])
 
     (monitor,) = find(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
