@@ -238,9 +238,9 @@ container. Command: `.venv/bin/python -m bench.model_cache --runs {args.runs} --
 Medians: **with the cache** {summary(with_cache)}; **without** {summary(without)}.
 Scale-up ratio (without / with): {median(without, "scale_up") / max(median(with_cache, "scale_up"), 1e-9):.2f};
 restart ratio: {median(without, "restart") / max(median(with_cache, "restart"), 1e-9):.2f}. The first Ready costs more
-with the cache: the claim is provisioned and bound (the download pod is scheduled only then) and the Job runs
-before the Deployment is applied, one after the other; the two timeline columns (from the API's whole-second
-timestamps, counted from the object's creation) show where that time goes.
+with the cache: the Job fills the claim first and only then is the Deployment applied, whose pods then start
+and load the model as they would without it, one after the other; the two timeline columns (from the API's
+whole-second timestamps, counted from the object's creation) show where that time goes.
 Plot: [model_cache.svg](model_cache.svg).
 """,
         RESULTS,
