@@ -16,7 +16,7 @@ hack_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 versions_file="$hack_dir/upstream-versions.env"
 cache_root="${LLAMA_OPERATOR_CACHE:-$HOME/.cache/llama-operator}"
 crds_root="$cache_root/crds"
-projects=(GIE PROMETHEUS_OPERATOR LWS)
+projects=(GIE PROMETHEUS_OPERATOR LWS KEDA)
 
 log() { printf '[%4ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf 'fetch-upstream-crds: %s\n' "$*" >&2; exit 1; }

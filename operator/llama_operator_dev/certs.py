@@ -4,7 +4,8 @@ One throwaway CA signs a serving certificate for 127.0.0.1/localhost (shared by 
 component), one client certificate per identity, and an RSA key pair signs service-account
 tokens. The process-backed kubelet's log server has a serving certificate of its own
 (``kubelet-serving``, 127.0.0.1), and the apiserver dials it with the ``apiserver-kubelet-client``
-certificate, as kubeadm sets a cluster up. Everything is regenerated on each start; nothing here is meant to leave the machine.
+certificate, as kubeadm sets a cluster up; it proxies to aggregated APIs with the ``front-proxy-client``
+certificate. Everything is regenerated on each start; nothing here is meant to leave the machine.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ SCHEDULER = ClientIdentity("kube-scheduler", "system:kube-scheduler")
 # The apiserver's identity towards kubelets (pods/log, exec ...); kubeadm's name and group.
 KUBELET_CLIENT = ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
 KUBELET_SERVING_SUBJECT_ALT_NAMES = ("IP:127.0.0.1", "DNS:localhost")
+# The apiserver's identity towards aggregated APIs (KEDA's metrics adapter): the front proxy's client
+# certificate, whose CN the apiserver's --requestheader-allowed-names lists.
+FRONT_PROXY_CLIENT = ClientIdentity("front-proxy-client", "front-proxy-client")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class ClusterCertificates:
     scheduler: CertificateFiles
     kubelet_client: CertificateFiles
     kubelet_serving: CertificateFiles
+    front_proxy_client: CertificateFiles
     service_account_private_key: Path
     service_account_public_key: Path
 
@@ -179,6 +184,7 @@ def generate_cluster_certificates(directory: Path) -> ClusterCertificates:
             "serverAuth",
             KUBELET_SERVING_SUBJECT_ALT_NAMES,
         ),
+        front_proxy_client=make_client_certificate(authority, directory, FRONT_PROXY_CLIENT),
         service_account_private_key=private_key,
         service_account_public_key=public_key,
     )

@@ -86,6 +86,10 @@ class ScaleSettings:
         return [f"--kube-api-qps={self.scheduler_qps}", f"--kube-api-burst={self.scheduler_burst}"]
 
 
+# The HPA controller's sync period with KEDA in the plane (the default is 15 s).
+HPA_SYNC_FLAGS = ["--horizontal-pod-autoscaler-sync-period=3s"]
+
+
 # Every request once its response is complete, without bodies: who (user, user agent), what (verb,
 # resource) and when. Watches also log when they start, which is dropped: one line per request.
 AUDIT_POLICY: dict[str, Any] = {
@@ -152,9 +156,12 @@ def apiserver_command(
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
         "--profiling=false",
-        # Front-proxy (aggregation) settings: nothing proxies here, but with them the apiserver
-        # publishes a complete extension-apiserver-authentication ConfigMap, which the
-        # scheduler and controller-manager read for delegated authentication.
+        # Front-proxy (aggregation) settings: the apiserver proxies aggregated APIs (KEDA's
+        # external.metrics.k8s.io) with the front-proxy client certificate, and publishes a complete
+        # extension-apiserver-authentication ConfigMap, which the scheduler, the controller-manager
+        # and the aggregated servers read for delegated authentication.
+        f"--proxy-client-cert-file={certificates.front_proxy_client.cert}",
+        f"--proxy-client-key-file={certificates.front_proxy_client.key}",
         f"--requestheader-client-ca-file={certificates.ca.cert}",
         "--requestheader-allowed-names=front-proxy-client",
         "--requestheader-username-headers=X-Remote-User",

@@ -12,7 +12,8 @@ pods KWOK runs (``fake_pod_gates.py``): the operator itself never knows a node i
 Two optional components: ``process_backed`` runs the pods of the process-backed pool as real
 local processes (``process_kubelet.py``; KWOK then leaves those nodes alone), and
 ``prometheus=True`` starts a real Prometheus that scrapes annotated pods (``prometheus.py``), and
-``lws=True`` the real LeaderWorkerSet controller with its CRDs and webhooks (``lws.py``).
+``lws=True`` the real LeaderWorkerSet controller with its CRDs and webhooks (``lws.py``), and ``keda=True``
+the real KEDA operator and metrics adapter behind the apiserver's aggregation layer (``keda.py``).
 
 Claims are provisioned for real: the controller-manager's own hostPath provisioner backs the
 default StorageClass ``local-hostpath`` that ``start()`` creates (folders ``/tmp/hostpath_pv/<uuid>``,
@@ -56,6 +57,7 @@ from llama_operator_dev.certs import (
 )
 from llama_operator_dev.dra import publish_gpu_devices
 from llama_operator_dev.fake_pod_gates import FakePodGates
+from llama_operator_dev.keda import KedaController
 from llama_operator_dev.kubeconfig import write_kubeconfig
 from llama_operator_dev.lws import LeaderWorkerSetController
 from llama_operator_dev.pools import (
@@ -94,6 +96,7 @@ class ControlPlane:
         scale: components.ScaleSettings | None = None,
         audit_log: bool = False,
         lws: bool = False,
+        keda: bool = False,
     ) -> None:
         self.workdir = workdir.absolute()
         self.pools_file = pools_file if pools_file is not None else DEFAULT_POOLS_FILE
@@ -120,6 +123,8 @@ class ControlPlane:
         self.opt_in_flags: dict[str, list[str]] = {}
         self._lws_enabled = lws
         self.lws: LeaderWorkerSetController | None = None
+        self._keda_enabled = keda
+        self.keda: KedaController | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,7 +142,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop the components in reverse order (SIGTERM, then SIGKILL) and drop etcd's data."""
-        for optional in (self.lws, self.prometheus, self.process_kubelet, self.fake_pod_gates):
+        for optional in (self.keda, self.lws, self.prometheus, self.process_kubelet, self.fake_pod_gates):
             if optional is not None:
                 optional.stop()
         if "kube-apiserver" in self.running_components():
@@ -289,6 +294,10 @@ class ControlPlane:
             authority = CertificateFiles(cert=self.ca_path, key=self.pki_dir / "ca.key")
             self.lws = LeaderWorkerSetController(self.new_api_client, self.client_kubeconfig, authority, self.workdir)
             self.lws.start()
+        if self._keda_enabled:
+            authority = CertificateFiles(cert=self.ca_path, key=self.pki_dir / "ca.key")
+            self.keda = KedaController(self.new_api_client, self.client_kubeconfig, authority, self.workdir)
+            self.keda.start()
         LOGGER.info(
             "[%5.1fs] control plane ready at %s (kubeconfig %s)", self._elapsed(), self.server_url, self.kubeconfig_path
         )
@@ -344,6 +353,8 @@ class ControlPlane:
             certificates.controller_manager,
         )
         extra = self.scale.controller_manager_flags() if self.scale is not None else []
+        if self._keda_enabled:
+            extra += components.HPA_SYNC_FLAGS  # KEDA's HPAs act within seconds, not the default 15 s
         command = components.controller_manager_command(
             binaries.path("kube-controller-manager"),
             certificates,

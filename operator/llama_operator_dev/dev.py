@@ -26,6 +26,7 @@ from llama_operator.engines.base import HTTP_PORT_NAME
 from llama_operator.kube import Kube
 from llama_operator.render import LABEL_DEPLOYMENT
 from llama_operator_dev.controlplane import ControlPlane
+from llama_operator_dev.keda import keda_binaries
 from llama_operator_dev.lws import BUILD_SCRIPT as LWS_BUILD_SCRIPT
 from llama_operator_dev.lws import lws_binary
 from llama_operator_dev.pools import NODE_POOL_LABEL, PROCESS_BACKED_LABEL
@@ -211,6 +212,12 @@ def lws_line(plane: ControlPlane) -> str:
     return f"LeaderWorkerSet controller running (log: {plane.lws.log_path})"
 
 
+def keda_line(plane: ControlPlane) -> str:
+    if plane.keda is None:
+        return f"no KEDA (autoscaling.mode: KEDA stays KEDANotInstalled): build it with {LWS_BUILD_SCRIPT} KEDA"
+    return f"KEDA operator and metrics adapter running (logs in {plane.keda.logs_dir})"
+
+
 def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: float = 2.0) -> int:
     """Bring everything up, print the table whenever it changes, tear everything down on Ctrl-C."""
     started = time.monotonic()
@@ -226,6 +233,7 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
         process_backed=real.config if real is not None else None,
         prometheus=real is not None and Prometheus.available(),
         lws=lws_binary() is not None,  # multi-node replicas become real LeaderWorkerSet groups
+        keda=keda_binaries() is not None,  # autoscaling.mode: KEDA becomes a real ScaledObject and HPA
     )
     config = workdir / "operator-config.yaml"
     try:
@@ -239,7 +247,7 @@ def run_dev(workdir: Path, examples_dir: Path, out: TextIO, *, refresh_seconds: 
             f"{plane.publish_gpu_devices()} GPUs published as DRA devices (DeviceClass gpu.nvidia.com)")  # fmt: skip
         if plane.prometheus is not None:
             say(f"Prometheus scraping the pods: {plane.prometheus.url}")
-        say(lws_line(plane))
+        say(f"{lws_line(plane)}\n{keda_line(plane)}")
         say(f"  try: kubectl --kubeconfig {plane.kubeconfig_path} get llamad -n {DEMO_NAMESPACE}")
         with plane.new_api_client() as api_client:
             kube = Kube(api_client)

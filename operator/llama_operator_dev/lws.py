@@ -29,7 +29,6 @@ import yaml
 from kubernetes import client as kube_client
 from kubernetes.client import (
     ApiClient,
-    V1CustomResourceDefinition,
     V1MutatingWebhookConfiguration,
     V1ValidatingWebhookConfiguration,
 )
@@ -46,7 +45,7 @@ from llama_operator_dev.processes import (
     client_tls_context,
     free_loopback_port,
 )
-from llama_operator_dev.upstream import module_folder, read_upstream, upstream_crds
+from llama_operator_dev.upstream import install_upstream_crds, module_folder, read_upstream
 
 LOGGER = logging.getLogger(__name__)
 
@@ -185,29 +184,8 @@ def webhook_paths(configurations: list[dict[str, Any]]) -> list[str]:
 
 
 def install_lws_crds(api_client: ApiClient, timeout_seconds: float = 60.0) -> list[str]:
-    """Create the pinned module's CRDs (too large for a client-side apply's annotation) and wait until
-    they are Established; an existing CRD is left as it is. Returns their names."""
-    ext = kube_client.ApiextensionsV1Api(api_client)
-    names = []
-    for crd in upstream_crds(PROJECT):
-        metadata: dict[str, Any] = crd["metadata"]  # type: ignore[assignment]
-        names.append(str(metadata["name"]))
-        try:
-            ext.create_custom_resource_definition(V1CustomResourceDefinition.model_validate(crd))
-        except ApiException as error:
-            if error.status != http.HTTPStatus.CONFLICT:
-                raise
-    deadline = time.monotonic() + timeout_seconds
-    for name in names:
-        while True:
-            status = ext.read_custom_resource_definition(name).status
-            conditions = (status.conditions if status is not None else None) or []
-            if any(c.type == "Established" and c.status == "True" for c in conditions):
-                break
-            if time.monotonic() >= deadline:
-                raise ReadinessTimeoutError(f"CRD {name} not Established after {timeout_seconds:.0f}s")
-            time.sleep(POLL_INTERVAL_SECONDS)
-    return names
+    """Create the pinned module's CRDs and wait until they are Established (``install_upstream_crds``)."""
+    return install_upstream_crds(api_client, PROJECT, timeout_seconds)
 
 
 class LeaderWorkerSetController:

@@ -5,16 +5,24 @@
 
 from __future__ import annotations
 
+import http
 import json
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+from kubernetes import client as kube_client
+from kubernetes.client import ApiClient, V1CustomResourceDefinition
+from kubernetes.client.exceptions import ApiException
 
 from llama_operator_dev.binaries import REPOSITORY_ROOT, cache_root, parse_versions_env
+from llama_operator_dev.errors import ReadinessTimeoutError
+from llama_operator_dev.processes import POLL_INTERVAL_SECONDS
 
 UPSTREAM_VERSIONS_FILE = REPOSITORY_ROOT / "hack" / "upstream-versions.env"
 FETCH_SCRIPT = "hack/fetch-upstream-crds.sh"
@@ -93,3 +101,29 @@ def module_folder(key: str) -> Path:
     if not (folder / "go.mod").is_file():
         raise RuntimeError(f"go mod download {project.module}@{project.version} gave no module folder ({folder})")
     return folder
+
+
+def install_upstream_crds(api_client: ApiClient, key: str, timeout_seconds: float = 60.0) -> list[str]:
+    """Create the pinned project's CRDs (created, not applied: some are too large for a client-side apply's
+    annotation) and wait until they are Established; an existing CRD is left as it is. Returns their names."""
+    ext = kube_client.ApiextensionsV1Api(api_client)
+    names = []
+    for crd in upstream_crds(key):
+        metadata: dict[str, Any] = crd["metadata"]  # type: ignore[assignment]
+        names.append(str(metadata["name"]))
+        try:
+            ext.create_custom_resource_definition(V1CustomResourceDefinition.model_validate(crd))
+        except ApiException as error:
+            if error.status != http.HTTPStatus.CONFLICT:
+                raise
+    deadline = time.monotonic() + timeout_seconds
+    for name in names:
+        while True:
+            status = ext.read_custom_resource_definition(name).status
+            conditions = (status.conditions if status is not None else None) or []
+            if any(c.type == "Established" and c.status == "True" for c in conditions):
+                break
+            if time.monotonic() >= deadline:
+                raise ReadinessTimeoutError(f"CRD {name} not Established after {timeout_seconds:.0f}s")
+            time.sleep(POLL_INTERVAL_SECONDS)
+    return names

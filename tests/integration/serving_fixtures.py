@@ -106,10 +106,11 @@ def make_serving_assets(root: Path) -> ServingAssets:
 
 
 @contextmanager
-def serving_control_plane(assets: ServingAssets, workdir: Path) -> Iterator[ControlPlane]:
-    """A control plane of its own: the process-backed kubelet, Prometheus (scraping every second) and the hub."""
+def serving_control_plane(assets: ServingAssets, workdir: Path, *, keda: bool = False) -> Iterator[ControlPlane]:
+    """A control plane of its own: the process-backed kubelet, Prometheus (scraping every second) and the hub
+    (and the real KEDA with ``keda=True``)."""
     config = ProcessBackedConfig(path_map=assets.path_map(), max_probe_period_seconds=PROBE_PERIOD_SECONDS)
-    plane = ControlPlane(workdir, process_backed=config, prometheus=True)
+    plane = ControlPlane(workdir, process_backed=config, prometheus=True, keda=keda)
     with assets.hub:
         plane.start()
         try:

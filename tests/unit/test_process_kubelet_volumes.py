@@ -171,7 +171,7 @@ class TestProvisioning:
     def test_the_components_run_with_the_provisioner_and_the_kubelet_client(self, tmp_path: Path) -> None:
         files = CertificateFiles(tmp_path / "c.crt", tmp_path / "c.key")
         certificates = ClusterCertificates(
-            files, files, files, files, files, files, files, tmp_path / "k", tmp_path / "p"
+            files, files, files, files, files, files, files, files, tmp_path / "k", tmp_path / "p"
         )
         ports = ControlPlanePorts(1, 2, 3, 4, 5, 6)
         manager = controller_manager_command(Path("kcm"), certificates, tmp_path / "kubeconfig", ports)
