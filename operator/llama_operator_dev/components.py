@@ -13,7 +13,7 @@ from typing import Any
 
 from llama_operator_dev.certs import ClusterCertificates
 from llama_operator_dev.pools import KWOK_MANAGED_SELECTOR
-from llama_operator_dev.processes import free_loopback_port
+from llama_operator_dev.processes import distinct_loopback_ports
 
 LOOPBACK = "127.0.0.1"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # a config value only: no traffic goes there
@@ -40,13 +40,8 @@ class ControlPlanePorts:
 
     @classmethod
     def allocate(cls) -> ControlPlanePorts:
-        """Free ports, all different (the OS may hand out one twice between probes)."""
-        chosen: list[int] = []
-        while len(chosen) < len(cls.__dataclass_fields__):
-            port = free_loopback_port()
-            if port not in chosen:
-                chosen.append(port)
-        return cls(*chosen)
+        """Free loopback ports, all different."""
+        return cls(*distinct_loopback_ports(len(cls.__dataclass_fields__)))
 
 
 @dataclass(frozen=True)

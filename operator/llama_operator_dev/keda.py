@@ -41,7 +41,7 @@ from llama_operator_dev.processes import (
     HealthEndpoint,
     ManagedProcess,
     client_tls_context,
-    free_loopback_port,
+    distinct_loopback_ports,
 )
 from llama_operator_dev.upstream import install_upstream_crds, read_upstream
 
@@ -103,12 +103,8 @@ class KedaPorts:
 
     @classmethod
     def allocate(cls) -> KedaPorts:
-        chosen: list[int] = []
-        while len(chosen) < len(cls.__dataclass_fields__):
-            port = free_loopback_port()
-            if port not in chosen:
-                chosen.append(port)
-        return cls(*chosen)
+        """Free loopback ports, all different."""
+        return cls(*distinct_loopback_ports(len(cls.__dataclass_fields__)))
 
 
 def operator_command(binary: Path, ports: KedaPorts, cert_dir: Path) -> list[str]:

@@ -43,7 +43,7 @@ from llama_operator_dev.processes import (
     HealthEndpoint,
     ManagedProcess,
     client_tls_context,
-    free_loopback_port,
+    distinct_loopback_ports,
 )
 from llama_operator_dev.upstream import install_upstream_crds, module_folder, read_upstream
 
@@ -92,12 +92,8 @@ class LwsPorts:
 
     @classmethod
     def allocate(cls) -> LwsPorts:
-        chosen: list[int] = []
-        while len(chosen) < len(cls.__dataclass_fields__):
-            port = free_loopback_port()
-            if port not in chosen:
-                chosen.append(port)
-        return cls(*chosen)
+        """Free loopback ports, all different."""
+        return cls(*distinct_loopback_ports(len(cls.__dataclass_fields__)))
 
 
 def manager_configuration(ports: LwsPorts, cert_dir: Path) -> dict[str, Any]:

@@ -37,6 +37,16 @@ def free_loopback_port() -> int:
         return port
 
 
+def distinct_loopback_ports(count: int) -> list[int]:
+    """``count`` free ports on 127.0.0.1, all different (the OS may hand out one twice between probes)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = free_loopback_port()
+        if port not in chosen:
+            chosen.append(port)
+    return chosen
+
+
 def tail_lines(path: Path, lines: int) -> str:
     """The last ``lines`` lines of a text file ("" when it does not exist)."""
     if lines <= 0 or not path.exists():

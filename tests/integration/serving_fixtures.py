@@ -175,6 +175,16 @@ def get_llamadeployment(api_client: Any, namespace: str, name: str) -> dict[str,
     return obj
 
 
+def condition_of(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The object's condition of type ``kind`` ({} when it has none)."""
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def long_chat(model: str) -> Callable[[], dict[str, Any]]:
+    """A request body maker for ``Load``: a chat that keeps a slot busy for a while."""
+    return lambda: {"model": model, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 48}
+
+
 def wait_adapter_rollout(
     api_client: Any,
     namespace: str,

@@ -27,9 +27,12 @@ from tests.integration.serving_fixtures import (
     PLURAL,
     VERSION,
     ServingAssets,
+    condition_of,
+    get_llamadeployment,
     tiny_llama_deployment,
     wait_adapter_rollout,
 )
+from tests.integration.serving_fixtures import long_chat as serving_long_chat
 from tests.reliability import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
@@ -62,14 +65,11 @@ def autoscaled(assets: ServingAssets) -> dict[str, Any]:
 
 
 def get(api_client: Any, namespace: str) -> dict[str, Any]:
-    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME
-    )
-    return obj
+    return get_llamadeployment(api_client, namespace, NAME)
 
 
 def scaling_condition(obj: dict[str, Any]) -> dict[str, Any]:
-    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "ScalingActive"), {})
+    return condition_of(obj, "ScalingActive")
 
 
 def matching(api_client: Any, namespace: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
@@ -77,8 +77,7 @@ def matching(api_client: Any, namespace: str, check: Callable[[dict[str, Any]], 
     return obj if check(obj) else None
 
 
-def long_chat() -> dict[str, Any]:
-    return {"model": NAME, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 48}
+long_chat = serving_long_chat(NAME)
 
 
 def test_queue_scales_up_holds_without_prometheus_and_scales_back(

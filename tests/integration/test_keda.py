@@ -29,6 +29,9 @@ from tests.integration.serving_fixtures import (
     PLURAL,
     VERSION,
     ServingAssets,
+    condition_of,
+    get_llamadeployment,
+    long_chat,
     serving_control_plane,
     tiny_llama_deployment,
 )
@@ -76,14 +79,11 @@ def keda_scaled(assets: ServingAssets) -> dict[str, Any]:
 
 
 def get(api_client: Any, namespace: str) -> dict[str, Any]:
-    obj: dict[str, Any] = kube_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME
-    )
-    return obj
+    return get_llamadeployment(api_client, namespace, NAME)
 
 
 def scaling_condition(obj: dict[str, Any]) -> dict[str, Any]:
-    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "ScalingActive"), {})
+    return condition_of(obj, "ScalingActive")
 
 
 def keda_conditions(api_client: Any, namespace: str) -> dict[str, str]:
@@ -100,10 +100,6 @@ def replicas_writers(obj: dict[str, Any]) -> set[str]:
         for entry in obj["metadata"].get("managedFields") or []
         if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
     }
-
-
-def long_chat() -> dict[str, Any]:
-    return {"model": NAME, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 48}
 
 
 def test_keda_scales_through_the_scale_subresource_and_holds_without_prometheus(
@@ -131,7 +127,7 @@ def test_keda_scales_through_the_scale_subresource_and_holds_without_prometheus(
 
     # 1. A queue: four clients on one slot keep three requests deferred; KEDA's HPA scales 1 -> 3.
     started = time.monotonic()
-    with Load(api_client, namespace, NAME, long_chat, clients=4, max_seconds=150) as load:
+    with Load(api_client, namespace, NAME, long_chat(NAME), clients=4, max_seconds=150) as load:
         scaled = poll_until(
             lambda: o if (o := get(api_client, namespace))["spec"]["replicas"] == 3 else None,
             90,
