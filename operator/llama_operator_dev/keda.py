@@ -122,8 +122,9 @@ def operator_command(binary: Path, ports: KedaPorts, cert_dir: Path) -> list[str
     ]
 
 
-def operator_environment(kubeconfig: Path) -> dict[str, str]:
-    """All namespaces watched; KEDA's own namespace for its cluster-scoped objects' secrets."""
+def keda_environment(kubeconfig: Path) -> dict[str, str]:
+    """Both processes: all namespaces watched (both refuse to start without WATCH_NAMESPACE); KEDA's own
+    namespace for its cluster-scoped objects' secrets."""
     return {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -228,7 +229,7 @@ class KedaController:
             OPERATOR_BINARY,
             operator_command(operator_binary, self.ports, cert_dir),
             self.logs_dir / f"{OPERATOR_BINARY}.log",
-            operator_environment(self._client_kubeconfig(OPERATOR_IDENTITY)),
+            keda_environment(self._client_kubeconfig(OPERATOR_IDENTITY)),
         )
         pid = self.operator.start()
         health = HealthEndpoint(f"http://{LOOPBACK}:{self.ports.operator_health}/readyz")
@@ -240,7 +241,7 @@ class KedaController:
             ADAPTER_BINARY,
             adapter_command(adapter_binary, self.ports, cert_dir, kubeconfig),
             self.logs_dir / f"{ADAPTER_BINARY}.log",
-            {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": NAMESPACE},
+            keda_environment(kubeconfig),
         )
         pid = self.adapter.start()
         health = HealthEndpoint(f"https://{LOOPBACK}:{self.ports.adapter_secure}/readyz", tls)

@@ -20,7 +20,7 @@ from llama_operator_dev.keda import (
     aggregation_manifests,
     api_service_available,
     operator_command,
-    operator_environment,
+    keda_environment,
 )
 from llama_operator_dev.upstream import read_upstream
 
@@ -54,7 +54,7 @@ def test_the_adapter_serves_on_loopback_and_dials_the_operator_there() -> None:
 
 
 def test_the_operator_watches_every_namespace() -> None:
-    environment = operator_environment(Path("/kc"))
+    environment = keda_environment(Path("/kc"))
     assert environment["WATCH_NAMESPACE"] == ""
     assert environment["KUBECONFIG"] == "/kc"
     assert environment["KEDA_CLUSTER_OBJECT_NAMESPACE"] == environment["POD_NAMESPACE"] == "keda"
