@@ -19,8 +19,8 @@ from llama_operator_dev.keda import (
     adapter_command,
     aggregation_manifests,
     api_service_available,
-    operator_command,
     keda_environment,
+    operator_command,
 )
 from llama_operator_dev.upstream import read_upstream
 
