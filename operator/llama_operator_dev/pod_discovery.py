@@ -128,7 +128,10 @@ class PodDiscoveryBridge:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # Prometheus stopped while it asked
+                    LOGGER.debug("pod discovery: the client went away before the answer")
 
             def log_message(self, format: str, *args: Any) -> None:
                 LOGGER.debug("pod discovery: %s %s", format, args)
