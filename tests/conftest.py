@@ -6,22 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-pytest_plugins = ["tests.reliability"]  # the `ledger` fixture and the figures printed at the end of a run
+from tests.terminal import terminal_writer
+
+# The `ledger` fixture and the figures printed at the end of a run; builds started beside the run.
+pytest_plugins = ["tests.reliability", "tests.background_builds"]
 
 
 @pytest.fixture
 def evidence(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Write a line to the test log even when output is captured (`pytest -q` in CI): what a real engine
     answered, or a figure the test measured (cases run, kill points survived), without a failure."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def write(line: str) -> None:
-        if reporter is None or capture is None:
-            print(line)
-            return
-        with capture.global_and_fixture_disabled():  # the terminal's own file is captured during a test
-            reporter.ensure_newline()
-            reporter.write_line(f"[{request.node.name}] {line}")
-
-    return write
+    return terminal_writer(request.config, request.node.name)

@@ -21,6 +21,7 @@ from kubernetes import client as kube_client
 from llama_operator.kube import FIELD_MANAGER
 from llama_operator_dev import ControlPlane
 from llama_operator_dev.keda import BUILD_SCRIPT, keda_binaries
+from tests.background_builds import wait_for_background_build
 from tests.integration.cluster_setup import create_namespace, poll_until
 from tests.integration.load import Load
 from tests.integration.operator_process import OperatorProcess
@@ -36,8 +37,9 @@ from tests.integration.serving_fixtures import (
     tiny_llama_deployment,
 )
 from tests.reliability import Recorder
+from tests.terminal import terminal_writer
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp")]
+pytestmark = [pytest.mark.integration, pytest.mark.own_plane("llamacpp"), pytest.mark.background_build("KEDA")]
 
 NAME = "tiny-keda"
 CHAT_TEMPLATE_ARGS = ["--chat-template", "vicuna"]
@@ -47,8 +49,12 @@ KEDA_GROUP, KEDA_VERSION = "keda.sh", "v1alpha1"
 
 
 @pytest.fixture(scope="module")
-def plane(assets: ServingAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """The llama.cpp plane with KEDA running (its APIService would outlive no other module)."""
+def plane(
+    request: pytest.FixtureRequest, assets: ServingAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """The llama.cpp plane with KEDA running (its APIService would outlive no other module); KEDA's binaries
+    come from the run's background build when they were missing (tests/background_builds.py)."""
+    wait_for_background_build(request.config, "KEDA", terminal_writer(request.config, "test_keda"))
     if keda_binaries() is None:
         pytest.skip(f"KEDA is not built; run {BUILD_SCRIPT} KEDA")
     with serving_control_plane(assets, tmp_path_factory.mktemp("keda-plane"), keda=True) as started:
