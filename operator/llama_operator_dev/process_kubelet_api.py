@@ -7,6 +7,7 @@ connection pool); bodies and answers are JSON dicts, errors are the client's ``A
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 Manifest = dict[str, Any]
+LOGGER = logging.getLogger(__name__)
+
 FIELD_MANAGER = "process-backed-kubelet"
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
@@ -144,7 +147,10 @@ class KubeletApi:
         for stream in streams:
             shutdown = getattr(stream, "shutdown", None)  # urllib3 >= 2.3
             if shutdown is not None:
-                shutdown()
+                try:
+                    shutdown()
+                except OSError:  # the watch closed its socket itself meanwhile (EBADF): it has ended
+                    LOGGER.debug("a watch stream was already closed")
 
     def read(self, path: str) -> Manifest | None:
         """Any object by its API path (``/apis/GROUP/VERSION/namespaces/NS/PLURAL/NAME``); None when it is gone."""
